@@ -1,0 +1,303 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Requests are answered by N distinct workers, each of which sees the
+// worker contract of DESIGN §3 and a plain TCP socket on fd 3.
+func TestWorkersSeeTheContract(t *testing.T) {
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "3", "--", self, "example-app")
+	addr := p.ready()
+	seen := distinctWorkers(t, addr, 3)
+	slots := map[string]bool{}
+	for pid, f := range seen {
+		if f.ListenPid != strconv.Itoa(pid) {
+			t.Errorf("worker %d: LISTEN_PID=%q, want its own pid", pid, f.ListenPid)
+		}
+		if f.ListenFds != "1" || f.ListenNames != "127.0.0.1_0" {
+			t.Errorf("worker %d: LISTEN_FDS=%q LISTEN_FDNAMES=%q, want 1 and 127.0.0.1_0", pid, f.ListenFds, f.ListenNames)
+		}
+		if f.FD3Protocol != syscall.IPPROTO_TCP {
+			t.Errorf("worker %d: fd 3 SO_PROTOCOL=%d, want %d (plain TCP, not MPTCP)", pid, f.FD3Protocol, syscall.IPPROTO_TCP)
+		}
+		if f.Generation != "1" || !f.NotifySocket {
+			t.Errorf("worker %d: generation %q, NOTIFY_SOCKET set %v", pid, f.Generation, f.NotifySocket)
+		}
+		slots[f.Slot] = true
+	}
+	if !slots["0"] || !slots["1"] || !slots["2"] {
+		t.Errorf("slots %v, want 0, 1 and 2", slots)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d after TERM, want 0", code)
+	}
+}
+
+// A worker killed with SIGKILL is replaced; the pool is back to N.
+func TestKilledWorkerIsReplaced(t *testing.T) {
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	addr := p.ready()
+	before := children(p.cmd.Process.Pid)
+	if len(before) != 2 {
+		t.Fatalf("master has children %v, want 2 workers", before)
+	}
+	if err := syscall.Kill(before[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("worker exited unexpectedly; replacing it", 10*time.Second)
+	var now []int
+	waitFor(t, 10*time.Second, "2 workers again, one of them new", func() bool {
+		now = children(p.cmd.Process.Pid)
+		return len(now) == 2 && !slices.Contains(now, before[0]) && slices.Contains(now, before[1])
+	})
+	seen := distinctWorkers(t, addr, 2)
+	for _, pid := range now {
+		if _, ok := seen[pid]; !ok {
+			t.Errorf("worker %d never answered; answered: %v", pid, seen)
+		}
+	}
+}
+
+// The master killed with SIGKILL under load leaves no worker alive within
+// 1 s: the parent-death signal is bound to a thread that lives as long as
+// the child (DESIGN §5), including for workers run as another user.
+func TestMasterKilledLeavesNoWorkers(t *testing.T) {
+	cases := map[string][]string{"same user": nil}
+	if os.Geteuid() == 0 {
+		cases["--user nobody"] = []string{"--user", "nobody"}
+	}
+	for name, extra := range cases {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"--bind", "127.0.0.1:0", "--workers", "4"}, extra...)
+			p := start(t, append(args, "--", self, "example-app")...)
+			addr := p.ready()
+			workers := children(p.cmd.Process.Pid)
+			if len(workers) != 4 {
+				t.Fatalf("workers %v, want 4", workers)
+			}
+			stop := load(t, addr, 4)
+			defer stop()
+			p.signal(syscall.SIGKILL)
+			p.wait(5 * time.Second)
+			killed := time.Now()
+			waitFor(t, time.Second, "every worker to be gone", func() bool {
+				return !slices.ContainsFunc(workers, alive)
+			})
+			t.Logf("all %d workers gone %s after the master", len(workers), time.Since(killed))
+		})
+	}
+}
+
+// load sends requests from n clients until stop is called; it returns how
+// many failed.
+func load(t *testing.T, addr string, n int) (stop func() (ok, failed int64)) {
+	var okN, failN atomic.Int64
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100000; i++ {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				if _, err := get("http://" + addr + "/"); err != nil {
+					failN.Add(1)
+				} else {
+					okN.Add(1)
+				}
+			}
+		}()
+	}
+	var once sync.Once
+	return func() (int64, int64) {
+		once.Do(func() { close(quit); wg.Wait() })
+		return okN.Load(), failN.Load()
+	}
+}
+
+// TERM while requests are in flight: they complete, the master exits 0,
+// and no worker is left.
+func TestTermFinishesInFlightRequests(t *testing.T) {
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	addr := p.ready()
+	workers := children(p.cmd.Process.Pid)
+
+	const n = 4
+	bodies := make(chan string, n)
+	var started sync.WaitGroup
+	for range n {
+		started.Add(1)
+		go func() {
+			resp, err := client.Get("http://" + addr + "/sleep?d=1s")
+			started.Done() // headers arrived: the request is in flight
+			if err != nil {
+				bodies <- "error: " + err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			bodies <- readAll(resp.Body)
+		}()
+	}
+	started.Wait()
+	p.signal(syscall.SIGTERM)
+	for range n {
+		select {
+		case b := <-bodies:
+			if !strings.HasPrefix(b, "slept 1s") {
+				t.Errorf("in-flight request got %q, want a full answer", b)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("in-flight request did not finish")
+		}
+	}
+	if code := p.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	if slices.ContainsFunc(workers, alive) {
+		t.Errorf("workers %v: some still alive after the master exited", workers)
+	}
+}
+
+func readAll(r interface{ Read([]byte) (int, error) }) string {
+	var sb strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := r.Read(buf)
+		sb.Write(buf[:n])
+		if err != nil {
+			return sb.String()
+		}
+	}
+}
+
+// --shutdown-delay keeps serving new connections for that long after TERM.
+func TestShutdownDelayKeepsServing(t *testing.T) {
+	const delay = 2 * time.Second
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--shutdown-delay", delay.String(), "--", self, "example-app")
+	addr := p.ready()
+	p.signal(syscall.SIGTERM)
+	termAt := time.Now()
+	p.waitLog("shutdown delay: still serving", 5*time.Second)
+	served := 0
+	for time.Since(termAt) < delay-500*time.Millisecond {
+		if _, err := get("http://" + addr + "/"); err != nil {
+			t.Fatalf("%s after TERM, within the shutdown delay: %v", time.Since(termAt), err)
+		}
+		served++
+	}
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	if took := time.Since(termAt); took < delay {
+		t.Errorf("master exited %s after TERM, before the %s shutdown delay", took, delay)
+	}
+	t.Logf("%d requests served during the shutdown delay", served)
+}
+
+// A worker that ignores SIGTERM is killed after --graceful-timeout.
+func TestWorkerIgnoringTermIsKilled(t *testing.T) {
+	script := writeScript(t, "trap '' TERM\nsystemd-notify --ready\nwhile :; do sleep 1; done\n")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "1", "--graceful-timeout", "1s", "--", script)
+	p.ready()
+	workers := children(p.cmd.Process.Pid)
+	p.signal(syscall.SIGTERM)
+	termAt := time.Now()
+	if code := p.wait(15 * time.Second); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	if took := time.Since(termAt); took < time.Second {
+		t.Errorf("master exited %s after TERM, before the 1s graceful timeout", took)
+	}
+	if p.findLog("worker did not stop within the graceful timeout; killing its group") == nil {
+		t.Error("no log line about killing the worker")
+	}
+	if slices.ContainsFunc(workers, alive) {
+		t.Errorf("worker %v still alive", workers)
+	}
+}
+
+func writeScript(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "worker.sh")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A shell wrapper that calls Debian's systemd-notify --ready and then execs
+// the app is ready at once: systemd-notify sends with its parent's pid (the
+// wrapper, which becomes the app), and the master attributes it by process.
+func TestSystemdNotifyWrapperIsReady(t *testing.T) {
+	if _, err := exec.LookPath("systemd-notify"); err != nil {
+		t.Skip("systemd-notify not installed")
+	}
+	script := writeScript(t, fmt.Sprintf("systemd-notify --ready\nexec %s example-app --notify=false\n", self))
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", script)
+	began := time.Now()
+	addr := p.ready()
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("ready after %s; systemd-notify should make it ready at once", took)
+	}
+	distinctWorkers(t, addr, 2)
+}
+
+// Real peer: Debian's systemd-socket-activate binds the socket and passes it
+// with LISTEN_FDS; --bind systemd serves on it.
+func TestSystemdSocketActivation(t *testing.T) {
+	if _, err := exec.LookPath("systemd-socket-activate"); err != nil {
+		t.Skip("systemd-socket-activate not installed")
+	}
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-E", asMainEnv+"=1", "-E", "PATH="+os.Getenv("PATH"),
+		self, "--bind", "systemd", "--workers", "2", "--", self, "example-app")
+	p := startCmd(t, cmd)
+	// systemd-socket-activate starts the master on the first connection;
+	// that connection waits in the socket's queue until a worker accepts.
+	waitFor(t, 10*time.Second, "the socket to be bound", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	distinctWorkers(t, addr, 2)
+	f := getFacts(t, addr)
+	if f.ListenFds != "1" {
+		t.Errorf("LISTEN_FDS=%q, want 1", f.ListenFds)
+	}
+	if line := p.waitLog("listening", time.Second); line["address"] != addr {
+		t.Errorf("listening on %v, want %s", line["address"], addr)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(30 * time.Second)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/supervisor-dev/supervisor/listener"
+	"github.com/supervisor-dev/supervisor/workers"
+	"golang.org/x/sys/unix"
+)
+
+// contractFacts is what the example app saw of its contract at start; it
+// serves them on /env so tests can check them.
+type contractFacts struct {
+	Pid          int    `json:"pid"`
+	ListenPid    string `json:"listen_pid"`
+	ListenFds    string `json:"listen_fds"`
+	ListenNames  string `json:"listen_fdnames"`
+	Slot         string `json:"slot"`
+	Generation   string `json:"generation"`
+	NotifySocket bool   `json:"notify_socket"`
+	FD3Protocol  int    `json:"fd3_protocol"` // SO_PROTOCOL of fd 3: 6 is plain TCP
+}
+
+// newExampleAppCommand is the built-in example app: an HTTP server on the
+// inherited sockets that replies with its pid and slot, sends READY=1, and
+// drains without losing a request on SIGTERM.
+func newExampleAppCommand() *cobra.Command {
+	var bootDelay time.Duration
+	notify := true
+	c := &cobra.Command{
+		Use:    "example-app",
+		Short:  "The example worker app (run it under the supervisor)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			facts := contractFacts{
+				Pid:          os.Getpid(),
+				ListenPid:    os.Getenv("LISTEN_PID"),
+				ListenFds:    os.Getenv("LISTEN_FDS"),
+				ListenNames:  os.Getenv("LISTEN_FDNAMES"),
+				Slot:         os.Getenv("SUPERVISOR_WORKER_SLOT"),
+				Generation:   os.Getenv("SUPERVISOR_GENERATION"),
+				NotifySocket: os.Getenv("NOTIFY_SOCKET") != "",
+			}
+			facts.FD3Protocol, _ = unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+			lns, _, err := listener.Inherited()
+			if err != nil {
+				return err
+			}
+			time.Sleep(bootDelay) // a simulated warm-up, not a wait for a condition
+			if !notify {
+				os.Unsetenv("NOTIFY_SOCKET") // readiness comes from elsewhere (a wrapper, --ready delay)
+			}
+			return workers.Serve(&http.Server{Handler: exampleHandler(facts), ReadHeaderTimeout: 10 * time.Second}, lns)
+		},
+	}
+	c.Flags().BoolVar(&notify, "notify", notify, "send READY=1 when serving")
+	c.Flags().DurationVar(&bootDelay, "boot-delay", 0, "wait this long before serving and sending READY=1")
+	return c
+}
+
+func exampleHandler(facts contractFacts) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from pid %d slot %s generation %s\n", facts.Pid, facts.Slot, facts.Generation)
+	})
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(facts)
+	})
+	// /sleep?d=500ms answers after d: an in-flight request for drain tests.
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.URL.Query().Get("d"))
+		if err != nil {
+			http.Error(w, "want ?d=DURATION", http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush() // the client now knows the request is in flight
+		time.Sleep(d)
+		fmt.Fprintf(w, "slept %s in pid %d\n", d, facts.Pid)
+	})
+	return mux
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the supervisor binary: with asMainEnv set it
+// runs main(), so end-to-end tests drive the real command line (and the
+// exec shim, and the example app) with real signals, race detector included.
+const asMainEnv = "SUPERVISOR_TEST_AS_MAIN"
+
+var self string // this binary, copied where any user may run it
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	// A copy in a world-readable directory, so workers run --user nobody
+	// can exec it.
+	dir, err := os.MkdirTemp("", "supervisor-e2e-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err == nil {
+		self = filepath.Join(dir, "supervisor")
+		err = copyFile(os.Args[0], self)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "setup:", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o755)
+}
+
+// syncBuffer collects a process's output for polling.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a supervisor master started by a test.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	out    *syncBuffer // stdout and stderr
+	done   chan struct{}
+	status error
+}
+
+// command returns an unstarted command running this binary as supervisor.
+func command(args ...string) *exec.Cmd {
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	return cmd
+}
+
+// start starts the master with args and ends it (SIGKILL) when the test ends.
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	return startCmd(t, command(args...))
+}
+
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.status = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("supervisor output:\n%s", p.out.String())
+		}
+	})
+	return p
+}
+
+// waitLog waits until the output has a JSON log line with this msg and
+// returns it decoded.
+func (p *proc) waitLog(msg string, timeout time.Duration) map[string]any {
+	p.t.Helper()
+	var found map[string]any
+	waitFor(p.t, timeout, "log "+strconv.Quote(msg), func() bool {
+		found = p.findLog(msg)
+		return found != nil
+	})
+	return found
+}
+
+func (p *proc) findLog(msg string) map[string]any {
+	sc := bufio.NewScanner(strings.NewReader(p.out.String()))
+	for sc.Scan() {
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == msg {
+			return line
+		}
+	}
+	return nil
+}
+
+// ready waits for the master to report all workers ready and returns the
+// first socket's real address.
+func (p *proc) ready() string {
+	p.t.Helper()
+	p.waitLog("ready", 30*time.Second)
+	addr, _ := p.waitLog("listening", time.Second)["address"].(string)
+	return addr
+}
+
+// wait waits for the master to exit and returns its exit code.
+func (p *proc) wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Fatalf("supervisor still running after %s", timeout)
+	}
+	if p.status == nil {
+		return 0
+	}
+	if ee, ok := p.status.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	p.t.Fatalf("wait: %v", p.status)
+	return -1
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// children lists the pids whose parent is pid.
+func children(pid int) []int {
+	var kids []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, s := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(s); err == nil {
+				kids = append(kids, n)
+			}
+		}
+	}
+	return kids
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+}
+
+// client makes one new connection per request, so every request goes
+// through the shared accept queue.
+var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+func get(url string) (string, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("status %s: %s", resp.Status, b)
+	}
+	return string(b), nil
+}
+
+// facts is the example app's /env answer.
+type facts struct {
+	Pid          int    `json:"pid"`
+	ListenPid    string `json:"listen_pid"`
+	ListenFds    string `json:"listen_fds"`
+	ListenNames  string `json:"listen_fdnames"`
+	Slot         string `json:"slot"`
+	Generation   string `json:"generation"`
+	NotifySocket bool   `json:"notify_socket"`
+	FD3Protocol  int    `json:"fd3_protocol"`
+}
+
+func getFacts(t *testing.T, addr string) facts {
+	t.Helper()
+	body, err := get("http://" + addr + "/env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f facts
+	if err := json.Unmarshal([]byte(body), &f); err != nil {
+		t.Fatalf("decode %q: %v", body, err)
+	}
+	return f
+}
+
+// distinctWorkers asks until n different worker pids have answered.
+func distinctWorkers(t *testing.T, addr string, n int) map[int]facts {
+	t.Helper()
+	seen := map[int]facts{}
+	for i := 0; i < 500 && len(seen) < n; i++ {
+		f := getFacts(t, addr)
+		seen[f.Pid] = f
+	}
+	if len(seen) != n {
+		t.Fatalf("%d distinct worker pids answered in 500 requests, want %d", len(seen), n)
+	}
+	return seen
+}

@@ -1,0 +1,91 @@
+package listener
+
+import (
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind says where a socket comes from.
+type Kind int
+
+const (
+	KindTCP     Kind = iota + 1 // HOST:PORT, [::1]:PORT, :PORT; bound by the master
+	KindUnix                    // unix:/path[?mode=0660]; bound by the master
+	KindFD                      // fd://N: a descriptor the supervisor itself inherited
+	KindSystemd                 // systemd or systemd:NAME: systemd socket activation
+)
+
+// Addr is one parsed --bind value.
+type Addr struct {
+	Raw     string      // the value as given, e.g. "127.0.0.1:0"; also the default fd name
+	Kind    Kind        //
+	Network string      // "tcp" or "unix" for KindTCP/KindUnix, "" otherwise
+	Address string      // host:port (KindTCP, IP literals normalized) or filesystem path (KindUnix)
+	Mode    os.FileMode // KindUnix: permissions from ?mode=, 0 when not given
+	FD      int         // KindFD: the descriptor number
+	Name    string      // KindSystemd: NAME from systemd:NAME, "" for all passed sockets
+}
+
+// Store keeps descriptors across a master upgrade; *tableflip.Fds satisfies
+// it (its "fd" kind: File/AddFile never change a descriptor's mode).
+type Store interface {
+	// File returns a duplicate of the inherited descriptor called name, or
+	// nil, nil when the previous master passed none.
+	File(name string) (*os.File, error)
+	// AddFile records a duplicate of f under name for the next master.
+	AddFile(name string, f *os.File) error
+}
+
+// Socket is one listening socket held by the master for its whole life.
+//
+// A Socket owns one descriptor: a close-on-exec duplicate for sockets the
+// package bound or took from a Store, the inherited number itself for fd://N
+// and systemd sockets. The package keeps it as a plain int, never inside an
+// *os.File, so nothing (Fd, the runtime poller) ever touches its flags.
+type Socket struct {
+	Name string // its LISTEN_FDNAMES entry: the systemd name, else Addr.Raw
+	Addr string // the real local address ("127.0.0.1:43567", "/run/app.sock")
+
+	mu        sync.Mutex
+	fd        int    // -1 once closed
+	unlink    string // KindUnix: path Close removes once nobody listens on it
+	inherited bool   // fd://N or systemd, not from a Store: Open's cleanup leaves it open
+}
+
+// RawFD returns the descriptor number that workers inherit. It is valid
+// until Close (after which it returns -1) and reading it never changes the
+// descriptor's flags.
+func (s *Socket) RawFD() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fd
+}
+
+// Close closes the master's descriptor and, for a unix socket (bound by this
+// master or by a previous one and passed through a Store), removes its path
+// once no process listens on it any more: a path still served by a new
+// master after an upgrade, or by workers, is left in place (checked by
+// connecting to it, which leaves an empty connection in that listener's
+// queue). It never removes anything that is not a socket. Idempotent: later
+// calls return nil.
+func (s *Socket) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return nil
+	}
+	err := unix.Close(s.fd)
+	s.fd = -1
+	if err != nil {
+		err = fmt.Errorf("close %s: %w", s.Name, err)
+	}
+	if s.unlink != "" {
+		if rerr := removeIfStale(s.unlink); rerr != nil && err == nil {
+			err = fmt.Errorf("close %s: remove %s: %w", s.Name, s.unlink, rerr)
+		}
+	}
+	return err
+}

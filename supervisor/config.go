@@ -1,0 +1,213 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/listener"
+)
+
+// Ready modes (DESIGN §3).
+const (
+	ReadyNotify = "notify" // wait for READY=1
+	ReadyDelay  = "delay"  // alive for ReadyDelay
+)
+
+// Config is everything `supervisor run` is told. The zero value is not
+// valid: start from Defaults.
+type Config struct {
+	Command         []string      `yaml:"command"`
+	Bind            []string      `yaml:"bind"`
+	Workers         int           `yaml:"workers"`
+	GracefulTimeout time.Duration `yaml:"graceful_timeout"`
+	ShutdownDelay   time.Duration `yaml:"shutdown_delay"`
+	StopSignal      string        `yaml:"stop_signal"`
+	Ready           string        `yaml:"ready"`
+	ReadyTimeout    time.Duration `yaml:"ready_timeout"`
+	ReadyDelay      time.Duration `yaml:"ready_delay"`
+	Env             []string      `yaml:"env"`
+	Chdir           string        `yaml:"chdir"`
+	User            string        `yaml:"user"`
+	Group           string        `yaml:"group"`
+	PidFile         string        `yaml:"pid"`
+	LogLevel        string        `yaml:"log_level"`
+	LogFormat       string        `yaml:"log_format"`
+}
+
+// Defaults returns the settings used for anything not given; they follow
+// Gunicorn where it has an equivalent (1 worker, 30 s graceful timeout).
+func Defaults() Config {
+	return Config{
+		Workers:         1,
+		GracefulTimeout: 30 * time.Second,
+		StopSignal:      "TERM",
+		Ready:           ReadyNotify,
+		ReadyTimeout:    60 * time.Second,
+		ReadyDelay:      time.Second,
+		LogLevel:        "info",
+	}
+}
+
+// Resolved is a validated Config turned into what the master uses.
+type Resolved struct {
+	Config
+	Path       string              // the command's executable, resolved
+	Addrs      []listener.Addr     // parsed Bind
+	StopSig    syscall.Signal      // parsed StopSignal
+	Credential *syscall.Credential // nil: run workers as the master's user
+}
+
+// Validate checks c and resolves what the master needs. Each error is one
+// line naming the setting and the fix.
+func (c Config) Validate() (*Resolved, error) {
+	r := &Resolved{Config: c}
+	if len(c.Command) == 0 || c.Command[0] == "" {
+		return nil, errors.New("no command: give the app to run after --, e.g. supervisor run --bind :8080 -- ./app")
+	}
+	if c.Workers < 1 {
+		return nil, fmt.Errorf("--workers %d: must be at least 1", c.Workers)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--graceful-timeout", c.GracefulTimeout}, {"--shutdown-delay", c.ShutdownDelay}, {"--ready-timeout", c.ReadyTimeout}, {"--ready-delay", c.ReadyDelay}} {
+		if d.v < 0 {
+			return nil, fmt.Errorf("%s %s: must not be negative", d.name, d.v)
+		}
+	}
+	if c.ReadyTimeout == 0 {
+		return nil, errors.New("--ready-timeout 0s: must be positive, e.g. 60s")
+	}
+	switch c.Ready {
+	case ReadyNotify, ReadyDelay:
+	default:
+		return nil, fmt.Errorf("--ready %q: want notify or delay", c.Ready)
+	}
+	sig, err := ParseSignal(c.StopSignal)
+	if err != nil {
+		return nil, err
+	}
+	r.StopSig = sig
+	if len(c.Bind) == 0 {
+		return nil, errors.New("no --bind: give at least one address, e.g. --bind 127.0.0.1:8080")
+	}
+	if r.Addrs, err = listener.ParseAll(c.Bind); err != nil {
+		return nil, err
+	}
+	for _, kv := range c.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("--env %q: want KEY=VALUE", kv)
+		}
+	}
+	if c.Chdir != "" {
+		if st, err := os.Stat(c.Chdir); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("--chdir %s: not a directory", c.Chdir)
+		}
+	}
+	if r.Credential, err = credential(c.User, c.Group); err != nil {
+		return nil, err
+	}
+	if r.Path, err = lookCommand(c.Command[0], c.Chdir); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// lookCommand resolves name like execve would from dir: a name with a slash
+// is a path (relative to dir), otherwise it is searched in PATH.
+func lookCommand(name, dir string) (string, error) {
+	if !strings.Contains(name, "/") {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return "", fmt.Errorf("command %q not found in PATH: install it or give its path", name)
+		}
+		return filepath.Abs(p)
+	}
+	p := name
+	if !filepath.IsAbs(p) && dir != "" {
+		p = filepath.Join(dir, p)
+	}
+	st, err := os.Stat(p)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("command %s: no such file", name)
+	case st.IsDir():
+		return "", fmt.Errorf("command %s: is a directory, not a program", name)
+	case st.Mode()&0o111 == 0:
+		return "", fmt.Errorf("command %s: not executable: chmod +x it", name)
+	}
+	return filepath.Abs(p)
+}
+
+// credential resolves --user/--group; nil when neither is given.
+func credential(userName, groupName string) (*syscall.Credential, error) {
+	if userName == "" && groupName == "" {
+		return nil, nil
+	}
+	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+	if userName != "" {
+		u, err := lookupUser(userName)
+		if err != nil {
+			return nil, err
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+	}
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			if g, err = user.LookupGroupId(groupName); err != nil {
+				return nil, fmt.Errorf("--group %s: no such group", groupName)
+			}
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		cred.Gid = uint32(gid)
+	}
+	cred.Groups = []uint32{}
+	cred.NoSetGroups = false
+	if os.Geteuid() != 0 && (cred.Uid != uint32(os.Geteuid()) || cred.Gid != uint32(os.Getegid())) {
+		return nil, fmt.Errorf("--user/--group: switching to uid %d gid %d needs root: run the master as root or drop the flags", cred.Uid, cred.Gid)
+	}
+	return cred, nil
+}
+
+func lookupUser(name string) (*user.User, error) {
+	u, err := user.Lookup(name)
+	if err == nil {
+		return u, nil
+	}
+	if u, err = user.LookupId(name); err == nil {
+		return u, nil
+	}
+	return nil, fmt.Errorf("--user %s: no such user", name)
+}
+
+// ParseSignal accepts "TERM", "SIGTERM", "term" or a number.
+func ParseSignal(s string) (syscall.Signal, error) {
+	name := strings.ToUpper(strings.TrimPrefix(strings.ToUpper(s), "SIG"))
+	if n, err := strconv.Atoi(name); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	for sig, n := range signalNames {
+		if n == name {
+			return sig, nil
+		}
+	}
+	return 0, fmt.Errorf("--stop-signal %q: unknown signal: want a name such as TERM, INT, QUIT, HUP, USR1, USR2, WINCH", s)
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "HUP", syscall.SIGINT: "INT", syscall.SIGQUIT: "QUIT", syscall.SIGKILL: "KILL",
+	syscall.SIGUSR1: "USR1", syscall.SIGUSR2: "USR2", syscall.SIGTERM: "TERM", syscall.SIGWINCH: "WINCH",
+	syscall.SIGABRT: "ABRT", syscall.SIGALRM: "ALRM", syscall.SIGCONT: "CONT", syscall.SIGSTOP: "STOP",
+	syscall.SIGTSTP: "TSTP", syscall.SIGTTIN: "TTIN", syscall.SIGTTOU: "TTOU", syscall.SIGPWR: "PWR",
+}

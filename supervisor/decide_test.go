@@ -1,0 +1,52 @@
+package supervisor
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestCrashDelay(t *testing.T) {
+	for _, tc := range []struct {
+		prior int
+		want  time.Duration
+	}{
+		{0, 0}, {1, 100 * time.Millisecond}, {2, 200 * time.Millisecond}, {3, 400 * time.Millisecond},
+		{7, 6400 * time.Millisecond}, {8, 10 * time.Second}, {50, 10 * time.Second}, {-1, 0},
+	} {
+		if got := crashDelay(tc.prior); got != tc.want {
+			t.Errorf("crashDelay(%d) = %s, want %s", tc.prior, got, tc.want)
+		}
+	}
+}
+
+func TestPriorCrashesResetsAfterAWorkerStayedUp(t *testing.T) {
+	if got := priorCrashes(5, time.Second); got != 5 {
+		t.Errorf("short-lived worker: got %d, want 5", got)
+	}
+	if got := priorCrashes(5, crashResetAfter); got != 0 {
+		t.Errorf("worker up for %s: got %d, want 0", crashResetAfter, got)
+	}
+}
+
+func TestFreeSlots(t *testing.T) {
+	busy := map[int]bool{0: true, 2: true}
+	scheduled := map[int]bool{3: true}
+	if got, want := freeSlots(5, busy, scheduled), []int{1, 4}; !slices.Equal(got, want) {
+		t.Errorf("freeSlots = %v, want %v", got, want)
+	}
+	if got := freeSlots(2, map[int]bool{0: true, 1: true}, nil); len(got) != 0 {
+		t.Errorf("full pool: freeSlots = %v, want none", got)
+	}
+}
+
+func TestEarliest(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	if _, ok := earliest(time.Time{}, time.Time{}); ok {
+		t.Error("all zero: want ok=false")
+	}
+	got, ok := earliest(time.Time{}, t0.Add(time.Second), t0, t0.Add(-time.Second).Add(2*time.Second))
+	if !ok || !got.Equal(t0) {
+		t.Errorf("earliest = %v %v, want %v true", got, ok, t0)
+	}
+}

@@ -1,0 +1,213 @@
+package supervisor
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/listener"
+	"github.com/supervisor-dev/supervisor/workers"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+)
+
+const helperEnv = "SUPERVISOR_TEST_HELPER"
+
+// helpers are worker programs: this test binary re-run with helperEnv set.
+var helpers = map[string]func() int{
+	// ready-then-wait sends READY=1 and waits for SIGTERM, never touching
+	// its sockets.
+	"ready-then-wait": func() int {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		if err := workers.Ready(); err != nil {
+			return 1
+		}
+		<-term
+		return 0
+	},
+}
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == workers.ShimArg {
+		os.Exit(workers.RunShim(os.Args[2:]))
+	}
+	if name := os.Getenv(helperEnv); name != "" {
+		os.Exit(helpers[name]())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// harness runs a master in-process on one 127.0.0.1:0 socket.
+type harness struct {
+	t       *testing.T
+	sock    *listener.Socket
+	signals chan os.Signal
+	status  chan chan []WorkerInfo
+	ready   chan struct{}
+	done    chan error
+}
+
+func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
+	t.Helper()
+	addrs, err := listener.ParseAll([]string{"127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	socks, err := listener.Open(addrs, nil, listener.Systemd{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { socks[0].Close() })
+	cfg := Defaults()
+	cfg.Command = []string{os.Args[0]}
+	cfg.Bind = []string{"127.0.0.1:0"}
+	cfg.Env = []string{helperEnv + "=" + helper}
+	cfg.GracefulTimeout = 5 * time.Second
+	if edit != nil {
+		edit(&cfg)
+	}
+	res, err := cfg.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, sock: socks[0], signals: make(chan os.Signal, 1), status: make(chan chan []WorkerInfo),
+		ready: make(chan struct{}), done: make(chan error, 1)}
+	go func() {
+		h.done <- Run(res, Options{
+			Log: zaptest.NewLogger(t), Sockets: socks, Shim: []string{os.Args[0], workers.ShimArg},
+			Signals: h.signals, OnReady: func() error { close(h.ready); return nil },
+			Stdout: 1, Stderr: 2, status: h.status,
+		})
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-h.done:
+			return
+		default:
+		}
+		h.signals <- syscall.SIGINT
+		select {
+		case <-h.done:
+		case <-time.After(15 * time.Second):
+			t.Error("master did not stop within 15s of SIGINT")
+		}
+	})
+	return h
+}
+
+func (h *harness) waitReady() {
+	h.t.Helper()
+	select {
+	case <-h.ready:
+	case err := <-h.done:
+		h.t.Fatalf("master ended before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		h.t.Fatal("not ready within 30s")
+	}
+}
+
+func (h *harness) workers() []WorkerInfo {
+	h.t.Helper()
+	reply := make(chan []WorkerInfo, 1)
+	select {
+	case h.status <- reply:
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("master loop did not take a status request within 10s")
+	}
+	return <-reply
+}
+
+// waitPool waits until exactly n workers exist, all ready, none in skip.
+func (h *harness) waitPool(n int, skip map[int]bool) []WorkerInfo {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ws := h.workers()
+		ok := len(ws) == n
+		for _, w := range ws {
+			ok = ok && w.State == "ready" && !skip[w.Pid]
+		}
+		if ok {
+			return ws
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("pool %+v, want %d ready workers", ws, n)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+}
+
+func (h *harness) stop() error {
+	h.t.Helper()
+	h.signals <- syscall.SIGTERM
+	select {
+	case err := <-h.done:
+		h.done <- err // for Cleanup
+		return err
+	case <-time.After(30 * time.Second):
+		h.t.Fatal("master did not stop within 30s of SIGTERM")
+	}
+	return nil
+}
+
+func getfl(t *testing.T, fd int) int {
+	t.Helper()
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fl
+}
+
+// The socket's file status flags are the same before the first worker and
+// after 24 spawns and respawns: nothing calls Fd() on it, which would make
+// it blocking/non-blocking behind an asyncio or libuv worker's back (DESIGN
+// §5: a uvicorn worker frozen in accept4).
+func TestSocketFlagsUnchangedAcrossSpawns(t *testing.T) {
+	h := startMaster(t, "ready-then-wait", func(c *Config) { c.Workers = 4 })
+	before := getfl(t, h.sock.RawFD())
+	if before&unix.O_NONBLOCK != 0 {
+		t.Fatalf("socket flags %#o: O_NONBLOCK set at bind, want blocking", before)
+	}
+	h.waitReady()
+	gone := map[int]bool{}
+	for round := range 5 {
+		for _, w := range h.waitPool(4, gone) {
+			gone[w.Pid] = true
+			if err := syscall.Kill(w.Pid, syscall.SIGKILL); err != nil {
+				t.Fatalf("round %d: kill %d: %v", round, w.Pid, err)
+			}
+		}
+	}
+	h.waitPool(4, gone)
+	if after := getfl(t, h.sock.RawFD()); after != before {
+		t.Fatalf("socket flags changed across %d spawns: %#o before, %#o after", len(gone)+4, before, after)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TTIN/TTOU scale the pool; TTOU stops the highest slot gracefully.
+func TestScaleBySignal(t *testing.T) {
+	h := startMaster(t, "ready-then-wait", func(c *Config) { c.Workers = 2 })
+	h.waitReady()
+	h.signals <- syscall.SIGTTIN
+	ws := h.waitPool(3, nil)
+	if ws[2].Slot != 2 {
+		t.Fatalf("slots %+v, want 0, 1, 2", ws)
+	}
+	h.signals <- syscall.SIGTTOU
+	h.signals <- syscall.SIGTTOU
+	ws = h.waitPool(1, nil)
+	if ws[0].Slot != 0 {
+		t.Fatalf("after scaling down: %+v, want slot 0", ws)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,54 @@
+package supervisor
+
+import (
+	"time"
+
+	"github.com/supervisor-dev/supervisor/workers"
+	"go.uber.org/zap"
+)
+
+// wstate is where a worker is in its life.
+type wstate int
+
+const (
+	wStarting wstate = iota // forked, not ready yet
+	wReady                  // serving
+	wStopping               // asked to stop, or leaving on its own
+)
+
+func (s wstate) String() string {
+	return [...]string{"starting", "ready", "stopping"}[s]
+}
+
+// worker is the loop's record of one worker process. Only the loop touches it.
+type worker struct {
+	proc    *workers.Process
+	slot    int
+	gen     int
+	state   wstate
+	readyAt time.Time
+	// deadline: while starting, when it must be ready (or, with --ready
+	// delay, when it counts as ready); while stopping, when its group gets
+	// SIGKILL (zero once sent).
+	deadline time.Time
+	// failed: it is stopping because it did not get ready in time; its exit
+	// counts as a crash of its slot.
+	failed   bool
+	status   string
+	requests int64
+}
+
+func (w *worker) fields() []zap.Field {
+	return []zap.Field{zap.Int("pid", w.proc.Pid), zap.Int("slot", w.slot), zap.Int("generation", w.gen)}
+}
+
+// WorkerInfo is one worker as the master sees it.
+type WorkerInfo struct {
+	Pid        int
+	Slot       int
+	Generation int
+	State      string // starting, ready or stopping
+	Started    time.Time
+	Requests   int64  // last X_REQUESTS
+	Status     string // last STATUS=
+}

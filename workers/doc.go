@@ -1,0 +1,14 @@
+// Package workers is one worker process, both sides of its contract
+// (DESIGN §3).
+//
+// Master side: Start forks a worker (listening sockets as fds 3.., the
+// LISTEN_*/NOTIFY_SOCKET/SUPERVISOR_* environment, its own process group,
+// credentials, a parent-death signal that fires when the master dies) and
+// reports its exit; Process.Signal signals its whole group; NotifySocket
+// receives sd_notify datagrams from workers.
+//
+// App side, for Go apps: Ready and Notify speak sd_notify, Serve runs an
+// *http.Server on the inherited sockets with a graceful drain on SIGTERM that
+// loses no accepted request. RunShim is the exec shim that sets LISTEN_PID to
+// the worker's own pid before exec'ing the real command.
+package workers

@@ -1,0 +1,131 @@
+package workers
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"syscall"
+	"time"
+)
+
+// Forker owns every wait for a child (signals.Reaper): it runs start with its
+// lock held, registers the pid, and delivers the exit status once.
+type Forker interface {
+	Fork(start func() (int, error)) (int, <-chan syscall.WaitStatus, error)
+}
+
+// Spec says how to start one worker.
+type Spec struct {
+	Path       string              // the resolved executable
+	Args       []string            // argv; Args[0] is the name the app sees
+	Shim       []string            // argv prefix that runs RunShim, e.g. [supervisor, ShimArg]; nil: exec Path directly (no LISTEN_PID)
+	Dir        string              // working directory; "" = the master's
+	Env        []string            // the whole environment (see Env)
+	Sockets    []int               // raw listening fds; they become 3, 4, ... in order
+	Stdout     int                 // fd for the worker's stdout (the master's 1 to pass through)
+	Stderr     int                 // fd for the worker's stderr
+	Credential *syscall.Credential // nil: the master's own
+	Forker     Forker
+	Exited     chan<- Exit // receives the worker's Exit once; never closed
+}
+
+// Exit reports how a worker ended.
+type Exit struct {
+	Pid    int
+	Status syscall.WaitStatus
+	At     time.Time
+}
+
+// Describe says how a process ended: "exited with status 3" or "killed by
+// signal killed".
+func Describe(ws syscall.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
+	case ws.Signaled():
+		return fmt.Sprintf("killed by signal %s", ws.Signal())
+	}
+	return fmt.Sprintf("ended with wait status %#x", uint32(ws))
+}
+
+// Process is a started worker: the leader of its own process group.
+type Process struct {
+	Pid     int
+	Started time.Time
+}
+
+// Signal sends sig to the worker's whole process group. A group that is
+// already gone is not an error.
+func (p *Process) Signal(sig syscall.Signal) error {
+	err := syscall.Kill(-p.Pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+// Start forks the worker described by spec and returns once it has exec'd
+// (or failed to). Its Exit later arrives on spec.Exited.
+//
+// The fork happens on a goroutine locked to its OS thread for the child's
+// whole life: the kernel sends the parent-death signal (SIGKILL) when the
+// forking *thread* exits, not the process (golang/go#27505). Go keeps a
+// locked thread alive until its goroutine returns, which here is after the
+// child was reaped; so the signal fires only when the master itself dies.
+// The parent-death signal is set after the credential change (Go's fork
+// order), since the kernel clears it on a uid/gid change.
+//
+// The socket fds are passed by number through syscall.ForkExec, which
+// dup2s them into place; nothing calls (*os.File).Fd, so the sockets' shared
+// file status flags never change (DESIGN §5).
+func Start(spec Spec) (*Process, error) {
+	argv0, argv := spec.Path, spec.Args
+	if len(spec.Shim) > 0 {
+		argv0 = spec.Shim[0]
+		argv = append(append(append([]string{}, spec.Shim...), spec.Path), spec.Args...)
+	}
+	type started struct {
+		pid int
+		at  time.Time
+		err error
+	}
+	res := make(chan started, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: returning ends this thread, after the child is gone.
+		devnull, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			res <- started{err: fmt.Errorf("open /dev/null: %w", err)}
+			return
+		}
+		files := []uintptr{uintptr(devnull), uintptr(spec.Stdout), uintptr(spec.Stderr)}
+		for _, fd := range spec.Sockets {
+			files = append(files, uintptr(fd))
+		}
+		attr := &syscall.ProcAttr{
+			Dir:   spec.Dir,
+			Env:   spec.Env,
+			Files: files,
+			Sys: &syscall.SysProcAttr{
+				Setpgid:    true,
+				Pdeathsig:  syscall.SIGKILL,
+				Credential: spec.Credential,
+			},
+		}
+		pid, exited, err := spec.Forker.Fork(func() (int, error) {
+			return syscall.ForkExec(argv0, argv, attr)
+		})
+		syscall.Close(devnull)
+		res <- started{pid: pid, at: time.Now(), err: err}
+		if err != nil {
+			return
+		}
+		ws := <-exited
+		spec.Exited <- Exit{Pid: pid, Status: ws, At: time.Now()}
+	}()
+	r := <-res
+	if r.err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Path, r.err)
+	}
+	return &Process{Pid: r.pid, Started: r.at}, nil
+}
