@@ -1,0 +1,183 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Notification is one accepted datagram with its sender.
+type Notification struct {
+	PID  int // sender's pid from SCM_CREDENTIALS
+	PGID int // sender's process group at receive time; 0 if the sender is gone
+	Msg  Message
+}
+
+// NotifySocket is the master's end of NOTIFY_SOCKET: a unix datagram socket
+// with SO_PASSCRED.
+type NotifySocket struct {
+	conn    *net.UnixConn
+	addr    string
+	path    string // "" for an abstract address; unlinked by Close
+	dropped atomic.Uint64
+	closed  sync.Once
+
+	buf []byte // owned by the one goroutine that calls Read
+	oob []byte
+}
+
+// oobSize fits the sender's credentials and up to 16 fds. A sender passing
+// more fds gets MSG_CTRUNC; the kernel closes the fds that did not fit.
+var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(4*16)
+
+// ListenNotify binds the notify socket. An address starting with '@' is in
+// the abstract namespace; otherwise it is a path, removed first when it is a
+// stale socket (one nobody is bound to any more). SO_PASSCRED is set before
+// bind, so every datagram received carries its sender's credentials.
+func ListenNotify(addr string) (*NotifySocket, error) {
+	if addr == "" || addr == "@" {
+		return nil, fmt.Errorf("listen notify socket %q: empty address", addr)
+	}
+	path := ""
+	if addr[0] != '@' {
+		path = addr
+		if err := removeStaleSocket(path); err != nil {
+			return nil, fmt.Errorf("listen notify socket %s: %w", addr, err)
+		}
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set SO_PASSCRED: %w", serr)
+		}
+		return nil
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "unixgram", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen notify socket %s: %w", addr, err)
+	}
+	return &NotifySocket{
+		conn: pc.(*net.UnixConn),
+		addr: addr,
+		path: path,
+		buf:  make([]byte, MaxMessageSize+1),
+		oob:  make([]byte, oobSize),
+	}, nil
+}
+
+// removeStaleSocket removes path if it is a socket that refuses connections.
+// A live socket or any other kind of file is left for bind to fail on.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Type() != os.ModeSocket {
+		return nil
+	}
+	c, err := net.Dial("unixgram", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("a live socket is bound at %s", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
+
+// Addr is the value to put in a worker's NOTIFY_SOCKET: the address given to
+// ListenNotify, with the leading '@' for an abstract one.
+func (n *NotifySocket) Addr() string { return n.addr }
+
+// Read blocks until a well-formed datagram arrives and returns it. Every fd
+// received in ancillary data is closed (which also releases a BARRIER=1
+// sender at once), whether the datagram is accepted or dropped. Datagrams
+// that are truncated (over MaxMessageSize bytes or too many fds), carry no
+// sender pid, or fail ParseMessage are dropped, counted in Dropped, and Read
+// keeps waiting. A message that only says BARRIER=1 is still returned.
+// The error is non-nil only when the socket fails; after Close it satisfies
+// errors.Is(err, net.ErrClosed). One goroutine calls Read.
+func (n *NotifySocket) Read() (Notification, error) {
+	for {
+		nb, noob, flags, _, err := n.conn.ReadMsgUnix(n.buf, n.oob)
+		if err != nil {
+			return Notification{}, fmt.Errorf("read notify socket %s: %w", n.addr, err)
+		}
+		pid, ok := closeFDsAndGetPID(n.oob[:noob])
+		if !ok || nb > MaxMessageSize || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+			n.dropped.Add(1)
+			continue
+		}
+		msg, err := ParseMessage(n.buf[:nb])
+		if err != nil {
+			n.dropped.Add(1)
+			continue
+		}
+		pgid, err := unix.Getpgid(pid)
+		if err != nil {
+			pgid = 0 // the sender is gone already
+		}
+		return Notification{PID: pid, PGID: pgid, Msg: msg}, nil
+	}
+}
+
+// closeFDsAndGetPID closes every fd passed in the control messages and
+// returns the sender's pid; ok is false without usable credentials.
+func closeFDsAndGetPID(oob []byte) (pid int, ok bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0, false
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Level != unix.SOL_SOCKET {
+			continue
+		}
+		switch m.Header.Type {
+		case unix.SCM_RIGHTS:
+			fds, _ := unix.ParseUnixRights(m)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		case unix.SCM_CREDENTIALS:
+			if cred, err := unix.ParseUnixCredentials(m); err == nil && cred.Pid > 0 {
+				pid, ok = int(cred.Pid), true
+			}
+		}
+	}
+	return pid, ok
+}
+
+// Dropped returns how many datagrams Read has dropped. Safe from any goroutine.
+func (n *NotifySocket) Dropped() uint64 { return n.dropped.Load() }
+
+// Close closes the socket (unlinking a path socket) and unblocks a Read in
+// progress, which then returns an error wrapping net.ErrClosed. Safe from any
+// goroutine; a second call returns an error wrapping net.ErrClosed.
+func (n *NotifySocket) Close() error {
+	err := n.conn.Close()
+	n.closed.Do(func() {
+		if n.path != "" {
+			if rerr := os.Remove(n.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+				err = rerr
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("close notify socket %s: %w", n.addr, err)
+	}
+	return nil
+}

@@ -1,0 +1,240 @@
+package workers
+
+import (
+	"encoding/json"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/signals"
+	"golang.org/x/sys/unix"
+)
+
+const helperEnv = "WORKERS_TEST_HELPER"
+
+// spawnHelpers are worker programs: this test binary re-run (through the
+// exec shim) with helperEnv naming one.
+var spawnHelpers = map[string]func() int{
+	// report prints what the worker sees of its contract as JSON on stdout.
+	"report": func() int {
+		pgid, _ := unix.Getpgid(0)
+		proto, _ := unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		fl, _ := unix.FcntlInt(3, unix.F_GETFL, 0)
+		_ = json.NewEncoder(os.Stdout).Encode(map[string]string{
+			"pid": strconv.Itoa(os.Getpid()), "pgid": strconv.Itoa(pgid),
+			"listen_pid": os.Getenv("LISTEN_PID"), "listen_fds": os.Getenv("LISTEN_FDS"),
+			"listen_fdnames": os.Getenv("LISTEN_FDNAMES"), "slot": os.Getenv("SUPERVISOR_WORKER_SLOT"),
+			"fd3_protocol": strconv.Itoa(proto), "fd3_nonblock": strconv.FormatBool(fl&unix.O_NONBLOCK != 0),
+		})
+		return 0
+	},
+	// sleep-with-child waits for a signal, with a child in its group.
+	"sleep-with-child": func() int {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGUSR1)
+		pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "60"}, &syscall.ProcAttr{})
+		if err != nil {
+			return 2
+		}
+		os.Stdout.WriteString(strconv.Itoa(pid) + "\n")
+		<-c
+		return 0
+	},
+}
+
+// dispatchHelper runs a helper or the shim when this binary is one; it is
+// called from TestMain.
+func dispatchHelper() {
+	if len(os.Args) > 1 && os.Args[1] == ShimArg {
+		os.Exit(RunShim(os.Args[2:]))
+	}
+	if name := os.Getenv(helperEnv); name != "" {
+		os.Exit(spawnHelpers[name]())
+	}
+}
+
+// startHelper starts helper name as a worker through the shim with one
+// listening socket on fd 3, its stdout on a pipe.
+func startHelper(t *testing.T, r *signals.Reaper, name string, exited chan Exit) (*Process, *os.File) {
+	t.Helper()
+	ln, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(ln) })
+	if err := syscall.Bind(ln, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(ln, 16); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pr.Close() })
+	var wfd int
+	raw, _ := pw.SyscallConn()
+	_ = raw.Control(func(fd uintptr) { wfd = int(fd) })
+	p, err := Start(Spec{
+		Path: os.Args[0], Args: []string{"worker"}, Shim: []string{os.Args[0], ShimArg},
+		Env:     Env(os.Environ(), []string{helperEnv + "=" + name}, Contract{Names: []string{"web:1"}, Slot: 3, Generation: 1}),
+		Sockets: []int{ln}, Stdout: wfd, Stderr: 2, Forker: r, Exited: exited,
+	})
+	pw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, pr
+}
+
+func waitExit(t *testing.T, exited <-chan Exit) Exit {
+	t.Helper()
+	select {
+	case ex := <-exited:
+		return ex
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit within 15s")
+	}
+	return Exit{}
+}
+
+// A worker gets its sockets from fd 3, LISTEN_PID equal to its own pid (set
+// by the shim), its own process group, and the socket's flags untouched.
+func TestStartGivesTheContract(t *testing.T) {
+	r := signals.NewReaper(false)
+	defer r.Close()
+	exited := make(chan Exit, 1)
+	p, out := startHelper(t, r, "report", exited)
+	b, err := io.ReadAll(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("helper said %q: %v", b, err)
+	}
+	pid := strconv.Itoa(p.Pid)
+	want := map[string]string{"pid": pid, "pgid": pid, "listen_pid": pid, "listen_fds": "1", "listen_fdnames": "web_1",
+		"slot": "3", "fd3_protocol": strconv.Itoa(syscall.IPPROTO_TCP), "fd3_nonblock": "false"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	if ex := waitExit(t, exited); ex.Pid != p.Pid || !ex.Status.Exited() || ex.Status.ExitStatus() != 0 {
+		t.Errorf("exit %+v (%s), want pid %d exited 0", ex, Describe(ex.Status), p.Pid)
+	}
+}
+
+// Signal reaches the worker's whole process group.
+func TestSignalReachesTheGroup(t *testing.T) {
+	r := signals.NewReaper(false)
+	defer r.Close()
+	exited := make(chan Exit, 1)
+	p, out := startHelper(t, r, "sleep-with-child", exited)
+	line := make([]byte, 32)
+	n, err := out.Read(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, _ := strconv.Atoi(strings.TrimSpace(string(line[:n])))
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if ex := waitExit(t, exited); !ex.Status.Signaled() || ex.Status.Signal() != syscall.SIGKILL {
+		t.Errorf("worker %s, want killed by SIGKILL", Describe(ex.Status))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(child, 0) == nil && !isZombie(child) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker's child %d survived a signal to the group", child)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Errorf("signal to a gone group: %v, want nil", err)
+	}
+}
+
+func isZombie(pid int) bool {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// The parent-death signal is tied to the thread that forked the worker. Go
+// ends a thread when a goroutine locked to it returns; churn through many
+// such threads and the workers must survive (golang/go#27505): Start keeps
+// its forking thread for the child's whole life.
+func TestWorkersSurviveThreadExits(t *testing.T) {
+	r := signals.NewReaper(false)
+	defer r.Close()
+	exited := make(chan Exit, 8)
+	var procs []*Process
+	for range 8 {
+		p, err := Start(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Stdout: 1, Stderr: 2, Forker: r, Exited: exited})
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, p)
+	}
+	done := make(chan struct{})
+	for range 200 {
+		go func() {
+			runtime.LockOSThread() // returning while locked ends this thread
+			done <- struct{}{}
+		}()
+		<-done
+	}
+	select {
+	case ex := <-exited:
+		t.Fatalf("worker %d died when threads exited: %s", ex.Pid, Describe(ex.Status))
+	case <-time.After(200 * time.Millisecond):
+	}
+	for _, p := range procs {
+		_ = p.Signal(syscall.SIGKILL)
+	}
+	for range procs {
+		waitExit(t, exited)
+	}
+}
+
+func TestEnv(t *testing.T) {
+	base := []string{"PATH=/bin", "LISTEN_FDS=9", "LISTEN_PID=1", "LISTEN_FDNAMES=x", "NOTIFY_SOCKET=/run/systemd/notify",
+		"WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes", "KEEP=1", "OVERRIDE=old"}
+	env := Env(base, []string{"OVERRIDE=new", "EXTRA=1"}, Contract{Names: []string{"127.0.0.1:80", "systemd-name"}, NotifySocket: "@n", Slot: 2, Generation: 5})
+	want := []string{"PATH=/bin", "KEEP=1", "OVERRIDE=new", "EXTRA=1", "LISTEN_FDS=2", "LISTEN_FDNAMES=127.0.0.1_80:systemd-name",
+		"NOTIFY_SOCKET=@n", "SUPERVISOR_WORKER_SLOT=2", "SUPERVISOR_GENERATION=5"}
+	if !slices.Equal(env, want) {
+		t.Errorf("Env =\n%q\nwant\n%q", env, want)
+	}
+}
+
+func TestFDName(t *testing.T) {
+	for in, want := range map[string]string{
+		"web": "web", "127.0.0.1:8080": "127.0.0.1_8080", "[::1]:80": "[__1]_80", "": "unknown",
+		"a b\tc": "a_b_c", strings.Repeat("x", 300): strings.Repeat("x", 255),
+	} {
+		if got := FDName(in); got != want {
+			t.Errorf("FDName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	if got := Describe(syscall.WaitStatus(3 << 8)); got != "exited with status 3" {
+		t.Errorf("got %q", got)
+	}
+	if got := Describe(syscall.WaitStatus(syscall.SIGKILL)); got != "killed by signal killed" {
+		t.Errorf("got %q", got)
+	}
+}
