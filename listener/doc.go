@@ -9,8 +9,23 @@
 //   - Every socket the package creates is put in blocking mode once, at bind
 //     time, before any worker exists; after that the package never changes
 //     the file status flags of the shared open file description: it never
-//     calls (*os.File).Fd, net.FileListener or anything that does.
+//     calls (*os.File).Fd, net.FileListener or anything that does, and keeps
+//     descriptors as plain ints, out of the runtime poller.
 //   - Inherited sockets (systemd, fd://N, a Store) are used as they come.
+//   - Every descriptor the master holds is close-on-exec: workers get theirs
+//     by an explicit dup2 when they are spawned, never by leaking.
+//
+// Across a master upgrade every socket, including fd://N and systemd ones
+// (the new master has neither that fd nor LISTEN_PID), goes through the
+// Store under keys "listener:"+Raw (see Open). Systemd names travel in a
+// small memfd beside them. The Store cannot forget a key, so a socket
+// closed on reload still reaches the next master, which drops it unused
+// (tableflip closes unused inherited files after Ready). At the end of the
+// last master, close the Store first (tableflip: Stop, then wait for Exit)
+// and the Sockets after it; a unix path still open in the Store is left in
+// place, and the next start removes it as stale.
+//
+// Linux only (SO_ACCEPTCONN, SO_PROTOCOL, memfd).
 //
 // Inherited is the app side: a Go worker turns its fds 3.. into listeners.
 package listener

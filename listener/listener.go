@@ -46,7 +46,10 @@ type Store interface {
 // and systemd sockets. The package keeps it as a plain int, never inside an
 // *os.File, so nothing (Fd, the runtime poller) ever touches its flags.
 type Socket struct {
-	Name string // its LISTEN_FDNAMES entry: the systemd name, else Addr.Raw
+	// Name is its LISTEN_FDNAMES entry: the systemd name, else Addr.Raw.
+	// A Raw value holds ':' ("127.0.0.1:8080"), the separator of that list,
+	// so whoever builds LISTEN_FDNAMES must map it (workers.FDName does).
+	Name string
 	Addr string // the real local address ("127.0.0.1:43567", "/run/app.sock")
 
 	mu        sync.Mutex
@@ -83,7 +86,7 @@ func (s *Socket) Close() error {
 		err = fmt.Errorf("close %s: %w", s.Name, err)
 	}
 	if s.unlink != "" {
-		if rerr := removeIfStale(s.unlink); rerr != nil && err == nil {
+		if _, rerr := clearStale(s.unlink); rerr != nil && err == nil {
 			err = fmt.Errorf("close %s: remove %s: %w", s.Name, s.unlink, rerr)
 		}
 	}

@@ -74,7 +74,7 @@ func TestReaperReportsExitStatus(t *testing.T) {
 	if ws := waitStatus(t, ch); !ws.Exited() || ws.ExitStatus() != 7 {
 		t.Fatalf("status %v, want exited 7", ws)
 	}
-	pid, ch := forkTrue(t, r, "sleep 30")
+	pid, ch := forkTrue(t, r, "exec sleep 30")
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -10,7 +11,10 @@ import (
 	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/workers"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,6 +32,11 @@ var helpers = map[string]func() int{
 		}
 		<-term
 		return 0
+	},
+	// ready-then-crash sends READY=1 and exits 1 at once.
+	"ready-then-crash": func() int {
+		_ = workers.Ready()
+		return 1
 	},
 }
 
@@ -49,6 +58,7 @@ type harness struct {
 	status  chan chan []WorkerInfo
 	ready   chan struct{}
 	done    chan error
+	logs    *observer.ObservedLogs
 }
 
 func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
@@ -76,9 +86,12 @@ func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 	}
 	h := &harness{t: t, sock: socks[0], signals: make(chan os.Signal, 1), status: make(chan chan []WorkerInfo),
 		ready: make(chan struct{}), done: make(chan error, 1)}
+	core, logs := observer.New(zap.DebugLevel)
+	h.logs = logs
+	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
 	go func() {
 		h.done <- Run(res, Options{
-			Log: zaptest.NewLogger(t), Sockets: socks, Shim: []string{os.Args[0], workers.ShimArg},
+			Log: log, Sockets: socks, Shim: []string{os.Args[0], workers.ShimArg},
 			Signals: h.signals, OnReady: func() error { close(h.ready); return nil },
 			Stdout: 1, Stderr: 2, status: h.status,
 		})
@@ -154,6 +167,18 @@ func (h *harness) stop() error {
 	return nil
 }
 
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+}
+
 func getfl(t *testing.T, fd int) int {
 	t.Helper()
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
@@ -206,6 +231,30 @@ func TestScaleBySignal(t *testing.T) {
 	ws = h.waitPool(1, nil)
 	if ws[0].Slot != 0 {
 		t.Fatalf("after scaling down: %+v, want slot 0", ws)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A worker that keeps crashing is replaced at once the first time, then
+// with a doubling delay, not in a tight loop.
+func TestCrashLoopBacksOff(t *testing.T) {
+	h := startMaster(t, "ready-then-crash", func(c *Config) { c.Workers = 1 })
+	h.waitReady()
+	began := time.Now()
+	waitFor(t, 10*time.Second, "5 crashes", func() bool { return h.logs.FilterMessage("worker exited unexpectedly; replacing it").Len() >= 5 })
+	// Five crashes are followed by waits of 0, 0.1, 0.2, 0.4 s (and 0.8 s
+	// before the sixth start).
+	if took := time.Since(began); took < 700*time.Millisecond {
+		t.Errorf("5 crashes in %s: the restarts did not back off", took)
+	}
+	var delays []string
+	for _, e := range h.logs.FilterMessage("worker exited unexpectedly; replacing it").All()[:5] {
+		delays = append(delays, e.ContextMap()["after"].(time.Duration).String())
+	}
+	if got, want := strings.Join(delays, " "), "0s 100ms 200ms 400ms 800ms"; got != want {
+		t.Errorf("restart delays %s, want %s", got, want)
 	}
 	if err := h.stop(); err != nil {
 		t.Fatal(err)

@@ -301,3 +301,68 @@ func freePort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// --pid is written once all workers are ready and removed at exit.
+func TestPidFile(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "supervisor.pid")
+	p := start(t, "--bind", "127.0.0.1:0", "--pid", pidFile, "--", self, "example-app")
+	p.ready()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(p.cmd.Process.Pid) {
+		t.Errorf("pid file holds %q, want %d", got, p.cmd.Process.Pid)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait(30 * time.Second)
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Errorf("pid file still there after exit: %v", err)
+	}
+}
+
+// As PID 1 (a container) the master reaps the orphans it adopts, while still
+// getting its own workers' exit statuses from the same reaper.
+func TestPID1ReapsOrphans(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a new pid namespace")
+	}
+	if err := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "true").Run(); err != nil {
+		t.Skipf("unshare --pid not available: %v", err)
+	}
+	// Each worker leaves an orphan behind: the subshell exits at once, so
+	// its sleep is adopted by PID 1, the master, and exits 0.2 s later.
+	script := writeScript(t, fmt.Sprintf("(sleep 0.2 &)\nexec %s example-app\n", self))
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+		self, "--bind", "127.0.0.1:0", "--workers", "2", "--", script)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	p := startCmd(t, cmd)
+	addr := p.ready()
+	var master int
+	waitFor(t, 5*time.Second, "the master under unshare", func() bool {
+		kids := children(p.cmd.Process.Pid)
+		if len(kids) == 1 {
+			master = kids[0]
+		}
+		return master != 0
+	})
+	zombies := func() (z []int) {
+		for _, pid := range children(master) {
+			if !alive(pid) {
+				z = append(z, pid)
+			}
+		}
+		return z
+	}
+	// The orphans exist (adopted by the master) until they exit; then none
+	// may linger as a zombie.
+	waitFor(t, 5*time.Second, "the orphans to exit and be reaped", func() bool {
+		return len(children(master)) == 2 && len(zombies()) == 0
+	})
+	// Its own workers' exits still reach the master: kill one, it is replaced.
+	if err := syscall.Kill(children(master)[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("worker exited unexpectedly; replacing it", 10*time.Second)
+	distinctWorkers(t, addr, 2)
+}

@@ -27,6 +27,7 @@ func newRoot() *cobra.Command {
 	root := newRunCommand("supervisor [run] [flags] -- COMMAND [ARGS...]", "A zero-downtime process supervisor for any HTTP or TCP app")
 	root.Use = "supervisor"
 	root.SilenceErrors, root.SilenceUsage = true, true
+	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})

@@ -80,13 +80,16 @@ func run(cfg supervisor.Config) error {
 	if err != nil {
 		return fmt.Errorf("upgrader: %w", err)
 	}
-	defer upg.Stop()
-
 	sockets, err := listener.Open(res.Addrs, upg.Fds, sd)
 	if err != nil {
+		upg.Stop()
 		return err
 	}
+	// At exit: the upgrader lets go of its copies first, so that closing a
+	// unix socket, now unused, removes its path.
 	defer func() {
+		upg.Stop()
+		<-upg.Exit()
 		for _, s := range sockets {
 			s.Close()
 		}

@@ -1,0 +1,195 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// bindTCP creates a plain-TCP (never MPTCP) listening socket. An IPv4
+// literal binds IPv4 only and an IPv6 literal IPv6 only; an empty host or a
+// name uses Go's "tcp" choice (":PORT" is a dual-stack [::] socket).
+func bindTCP(a Addr) (*Socket, error) {
+	network := "tcp"
+	if host, _, err := net.SplitHostPort(a.Address); err == nil {
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
+			network = "tcp4"
+		} else if err == nil {
+			network = "tcp6"
+		}
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), network, a.Address)
+	if err != nil {
+		return nil, bindError(a, err)
+	}
+	fd, err := takeFD(ln)
+	if err != nil {
+		return nil, fmt.Errorf("bind %s: %w", a.Raw, err)
+	}
+	return &Socket{Addr: sockname(fd), fd: fd}, nil
+}
+
+// bindUnix removes a stale socket file at the path (one nobody listens on),
+// refuses a live one or anything that is not a socket, binds, and applies
+// the mode.
+func bindUnix(a Addr) (*Socket, error) {
+	path := a.Address
+	switch st, err := clearStale(path); {
+	case err != nil:
+		return nil, fmt.Errorf("bind %s: clear the old socket file: %w", a.Raw, err)
+	case st == pathNotSocket:
+		return nil, fmt.Errorf("bind %s: %s exists and is not a socket: remove it or choose another path", a.Raw, path)
+	case st == pathLive:
+		return nil, fmt.Errorf("bind %s: address in use by a running process", a.Raw)
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "unix", path)
+	if err != nil {
+		return nil, bindError(a, err)
+	}
+	fd, err := takeFD(ln)
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("bind %s: %w", a.Raw, err)
+	}
+	s := &Socket{Addr: path, fd: fd, unlink: path}
+	if a.Mode != 0 {
+		if err := os.Chmod(path, a.Mode); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("bind %s: set mode %04o: %w", a.Raw, a.Mode, err)
+		}
+	}
+	return s, nil
+}
+
+// takeFD duplicates ln's descriptor (close-on-exec) through Control, never
+// Fd, closes ln without unlinking a unix path, and puts the duplicate in
+// blocking mode, as systemd hands sockets over. Workers that want
+// non-blocking switch the shared description themselves.
+func takeFD(ln net.Listener) (int, error) {
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		ln.Close()
+		return -1, fmt.Errorf("%T has no SyscallConn", ln)
+	}
+	fd, err := dupFD(sc)
+	ln.Close()
+	if err != nil {
+		return -1, err
+	}
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err == nil && flags&unix.O_NONBLOCK != 0 {
+		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&^unix.O_NONBLOCK)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("set blocking mode: %w", err)
+	}
+	return fd, nil
+}
+
+// dupFD returns a close-on-exec duplicate of c's descriptor, read through
+// SyscallConn().Control so c's file status flags stay as they are.
+func dupFD(c syscall.Conn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup: %w", derr)
+	}
+	return fd, nil
+}
+
+// bindError names the address and, for the common failures, the fix.
+func bindError(a Addr, err error) error {
+	var dns *net.DNSError
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE) && a.Kind == KindUnix:
+		return fmt.Errorf("bind %s: %w: stop the other process or choose another path", a.Raw, syscall.EADDRINUSE)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("bind %s: %w: stop the other process or choose another port", a.Raw, syscall.EADDRINUSE)
+	case errors.Is(err, syscall.EACCES) && a.Kind == KindTCP && privileged(a.Address):
+		return fmt.Errorf("bind %s: %w: ports below 1024 need root or CAP_NET_BIND_SERVICE", a.Raw, syscall.EACCES)
+	case errors.Is(err, syscall.EACCES) && a.Kind == KindUnix:
+		return fmt.Errorf("bind %s: %w: the supervisor's user must be able to write the socket's directory", a.Raw, syscall.EACCES)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("bind %s: %w: no interface of this host has that address", a.Raw, syscall.EADDRNOTAVAIL)
+	case errors.As(err, &dns):
+		return fmt.Errorf("bind %s: cannot resolve host %q: %w: use an IP address or a name this host resolves", a.Raw, dns.Name, dns)
+	}
+	return fmt.Errorf("bind %s: %w", a.Raw, err)
+}
+
+func privileged(hostport string) bool {
+	_, port, _ := net.SplitHostPort(hostport)
+	n, err := strconv.Atoi(port)
+	return err == nil && n > 0 && n < 1024
+}
+
+// probeUnix reports whether a process listens on the unix socket at path:
+// false only when connecting is refused (a stale file) or the path is gone.
+// A successful probe leaves an empty connection in that listener's queue.
+func probeUnix(path string) (bool, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOENT):
+		return false, nil
+	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS), errors.Is(err, unix.EPROTOTYPE):
+		return true, nil // listening (EAGAIN: its queue is full), or a live socket of another type
+	}
+	return false, err
+}
+
+// pathState is what clearStale found at a unix socket path.
+type pathState int
+
+const (
+	pathFree      pathState = iota // nothing there, or a stale socket file now removed
+	pathLive                       // a socket some process listens on; left alone
+	pathNotSocket                  // not a socket; left alone
+)
+
+// clearStale removes the socket file at path if no process listens on it.
+func clearStale(path string) (pathState, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return pathFree, nil
+	} else if err != nil {
+		return pathFree, err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return pathNotSocket, nil
+	}
+	if live, err := probeUnix(path); err != nil || live {
+		return pathLive, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return pathFree, err
+	}
+	return pathFree, nil
+}
