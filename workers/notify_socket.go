@@ -116,7 +116,18 @@ func (n *NotifySocket) Read() (Notification, error) {
 		if err != nil {
 			return Notification{}, fmt.Errorf("read notify socket %s: %w", n.addr, err)
 		}
-		pid, ok := closeFDsAndGetPID(n.oob[:noob])
+		pid, fds, ok := parseControl(n.oob[:noob])
+		pgid := 0
+		if ok {
+			// Before the fds are closed: a BARRIER sender is still waiting
+			// on them, so it and its parent are still there.
+			if g, err := unix.Getpgid(pid); err == nil {
+				pgid = g
+			} // else the sender is gone already: 0
+		}
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
 		if !ok || nb > MaxMessageSize || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
 			n.dropped.Add(1)
 			continue
@@ -126,20 +137,16 @@ func (n *NotifySocket) Read() (Notification, error) {
 			n.dropped.Add(1)
 			continue
 		}
-		pgid, err := unix.Getpgid(pid)
-		if err != nil {
-			pgid = 0 // the sender is gone already
-		}
 		return Notification{PID: pid, PGID: pgid, Msg: msg}, nil
 	}
 }
 
-// closeFDsAndGetPID closes every fd passed in the control messages and
-// returns the sender's pid; ok is false without usable credentials.
-func closeFDsAndGetPID(oob []byte) (pid int, ok bool) {
+// parseControl returns the sender's pid and every fd passed in the control
+// messages; ok is false without usable credentials. The caller closes fds.
+func parseControl(oob []byte) (pid int, fds []int, ok bool) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return 0, false
+		return 0, nil, false
 	}
 	for i := range msgs {
 		m := &msgs[i]
@@ -148,17 +155,15 @@ func closeFDsAndGetPID(oob []byte) (pid int, ok bool) {
 		}
 		switch m.Header.Type {
 		case unix.SCM_RIGHTS:
-			fds, _ := unix.ParseUnixRights(m)
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+			got, _ := unix.ParseUnixRights(m)
+			fds = append(fds, got...)
 		case unix.SCM_CREDENTIALS:
 			if cred, err := unix.ParseUnixCredentials(m); err == nil && cred.Pid > 0 {
 				pid, ok = int(cred.Pid), true
 			}
 		}
 	}
-	return pid, ok
+	return pid, fds, ok
 }
 
 // Dropped returns how many datagrams Read has dropped. Safe from any goroutine.

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,6 +87,11 @@ func TestMasterKilledLeavesNoWorkers(t *testing.T) {
 			args := append([]string{"--bind", "127.0.0.1:0", "--workers", "4"}, extra...)
 			p := start(t, append(args, "--", self, "example-app")...)
 			addr := p.ready()
+			if extra != nil {
+				if f := getFacts(t, addr); f.UID != 65534 || f.GID != 65534 {
+					t.Fatalf("worker runs as uid %d gid %d, want nobody (65534)", f.UID, f.GID)
+				}
+			}
 			workers := children(p.cmd.Process.Pid)
 			if len(workers) != 4 {
 				t.Fatalf("workers %v, want 4", workers)
@@ -250,8 +257,11 @@ func TestSystemdNotifyWrapperIsReady(t *testing.T) {
 	if _, err := exec.LookPath("systemd-notify"); err != nil {
 		t.Skip("systemd-notify not installed")
 	}
-	script := writeScript(t, fmt.Sprintf("systemd-notify --ready\nexec %s example-app --notify=false\n", self))
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", script)
+	wrapper, err := filepath.Abs("../../testdata/notify-wrapper.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", wrapper, self, "example-app", "--notify=false")
 	began := time.Now()
 	addr := p.ready()
 	if took := time.Since(began); took > 10*time.Second {
@@ -364,5 +374,57 @@ func TestPID1ReapsOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitLog("worker exited unexpectedly; replacing it", 10*time.Second)
+	distinctWorkers(t, addr, 2)
+}
+
+// A unix socket with ?mode= serves, and its path is removed at exit.
+func TestUnixSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.sock")
+	p := start(t, "--bind", "unix:"+path+"?mode=0660", "--workers", "2", "--", self, "example-app")
+	p.ready()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode %v, want 0660", st.Mode().Perm())
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		},
+	}}
+	resp, err := c.Get("http://app/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(body, "hello from pid") {
+		t.Errorf("got %q", body)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("socket path still there after exit: %v", err)
+	}
+}
+
+// A notification from any process in the worker's group counts for it: here
+// systemd-notify's parent is a child shell, not the worker itself.
+func TestNotifyFromTheWorkersGroup(t *testing.T) {
+	if _, err := exec.LookPath("systemd-notify"); err != nil {
+		t.Skip("systemd-notify not installed")
+	}
+	script := writeScript(t, fmt.Sprintf("sh -c 'systemd-notify --ready; true'\nexec %s example-app --notify=false\n", self))
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", script)
+	began := time.Now()
+	addr := p.ready()
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("ready after %s; the group's notification should count at once", took)
+	}
 	distinctWorkers(t, addr, 2)
 }

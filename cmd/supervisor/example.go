@@ -24,6 +24,8 @@ type contractFacts struct {
 	Generation   string `json:"generation"`
 	NotifySocket bool   `json:"notify_socket"`
 	FD3Protocol  int    `json:"fd3_protocol"` // SO_PROTOCOL of fd 3: 6 is plain TCP
+	UID          int    `json:"uid"`
+	GID          int    `json:"gid"`
 }
 
 // newExampleAppCommand is the built-in example app: an HTTP server on the
@@ -46,6 +48,8 @@ func newExampleAppCommand() *cobra.Command {
 				Slot:         os.Getenv("SUPERVISOR_WORKER_SLOT"),
 				Generation:   os.Getenv("SUPERVISOR_GENERATION"),
 				NotifySocket: os.Getenv("NOTIFY_SOCKET") != "",
+				UID:          os.Getuid(),
+				GID:          os.Getgid(),
 			}
 			facts.FD3Protocol, _ = unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 			lns, _, err := listener.Inherited()

@@ -247,6 +247,8 @@ type facts struct {
 	Generation   string `json:"generation"`
 	NotifySocket bool   `json:"notify_socket"`
 	FD3Protocol  int    `json:"fd3_protocol"`
+	UID          int    `json:"uid"`
+	GID          int    `json:"gid"`
 }
 
 func getFacts(t *testing.T, addr string) facts {
