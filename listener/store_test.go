@@ -220,7 +220,16 @@ func TestTableflipUpgrade(t *testing.T) {
 	t.Setenv(helperEnv, "tableflip-child")
 	t.Setenv("LISTENER_TEST_BINDS", strings.Join(binds, "\n"))
 	t.Setenv("LISTENER_TEST_OUT", out)
-	err = upg.Upgrade() // returns once the child is ready, or exited, or after 30s
+	// Upgrade returns once the child is ready, or exited, or after 30s. Just
+	// after Ready, tableflip's loop may not have seen Ready yet ("process is
+	// not ready yet"): ask again, for at most 5s.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err = upg.Upgrade()
+		if err == nil || !strings.Contains(err.Error(), "not ready yet") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
 	b, _ := os.ReadFile(out)
 	if err != nil {
 		t.Fatalf("Upgrade: %v; the new master wrote %q", err, b)
