@@ -44,11 +44,11 @@ func (w *worker) fields() []zap.Field {
 
 // WorkerInfo is one worker as the master sees it.
 type WorkerInfo struct {
-	Pid        int
-	Slot       int
-	Generation int
-	State      string // starting, ready or stopping
-	Started    time.Time
-	Requests   int64  // last X_REQUESTS
-	Status     string // last STATUS=
+	Pid        int       `json:"pid"`
+	Slot       int       `json:"slot"`
+	Generation int       `json:"generation"`
+	State      string    `json:"state"` // starting, ready or stopping
+	Started    time.Time `json:"started"`
+	Requests   int64     `json:"requests"`         // last X_REQUESTS
+	Status     string    `json:"status,omitempty"` // last STATUS=
 }

@@ -1,0 +1,43 @@
+package supervisor
+
+import "time"
+
+// Request is one control command (supervisor reload/status/scale/stop),
+// as sent over the control socket (one JSON object per connection) and as
+// handed to the master's loop.
+type Request struct {
+	Command string `json:"command"`           // "status", "reload", "scale", "stop"
+	Wait    bool   `json:"wait,omitempty"`    // reload: answer only once the rollout ended
+	Scale   string `json:"scale,omitempty"`   // scale: "N", "+N" or "-N"
+	Fast    bool   `json:"fast,omitempty"`    // stop: like INT/QUIT instead of TERM
+	Timeout string `json:"timeout,omitempty"` // reload --wait: give up after this (client side)
+}
+
+// Response is the master's answer. OK false means the command failed (or,
+// for reload --wait, the rollout was rolled back); Error says why in one line.
+type Response struct {
+	OK      bool    `json:"ok"`
+	Error   string  `json:"error,omitempty"`
+	Message string  `json:"message,omitempty"` // what happened, for people
+	Status  *Status `json:"status,omitempty"`  // status only
+}
+
+// Status is the master and every worker, for `supervisor status`.
+type Status struct {
+	Pid        int          `json:"pid"`
+	Phase      string       `json:"phase"`      // booting, running, draining, stopping
+	Generation int          `json:"generation"` // the generation in force
+	Target     int          `json:"target"`     // the generation being rolled out (= Generation when none)
+	Workers    int          `json:"workers"`    // wanted
+	Ready      int          `json:"ready"`      // workers ready now
+	Started    time.Time    `json:"started"`
+	LastReload string       `json:"last_reload,omitempty"` // outcome of the last reload
+	Pool       []WorkerInfo `json:"pool"`
+}
+
+// Call is a Request on its way to the loop; the loop answers on Reply
+// (buffered, answered exactly once).
+type Call struct {
+	Request
+	Reply chan Response
+}
