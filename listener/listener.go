@@ -92,3 +92,14 @@ func (s *Socket) Close() error {
 	}
 	return err
 }
+
+// Retire takes a socket out of service for good, for a bind removed on
+// reload: shutdown(2) stops the socket itself (every duplicate, including
+// the copy a Store keeps for a master upgrade), so new connections are
+// refused instead of queueing for nobody; then Close. Idempotent.
+func (s *Socket) Retire() error {
+	if fd := s.RawFD(); fd >= 0 {
+		_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+	}
+	return s.Close()
+}

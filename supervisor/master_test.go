@@ -55,7 +55,7 @@ type harness struct {
 	t       *testing.T
 	sock    *listener.Socket
 	signals chan os.Signal
-	status  chan chan []WorkerInfo
+	control chan Call
 	ready   chan struct{}
 	done    chan error
 	logs    *observer.ObservedLogs
@@ -63,15 +63,6 @@ type harness struct {
 
 func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 	t.Helper()
-	addrs, err := listener.ParseAll([]string{"127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	socks, err := listener.Open(addrs, nil, listener.Systemd{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { socks[0].Close() })
 	cfg := Defaults()
 	cfg.Command = []string{os.Args[0]}
 	cfg.Bind = []string{"127.0.0.1:0"}
@@ -84,21 +75,46 @@ func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, sock: socks[0], signals: make(chan os.Signal, 1), status: make(chan chan []WorkerInfo),
+	h := &harness{t: t, signals: make(chan os.Signal, 1), control: make(chan Call),
 		ready: make(chan struct{}), done: make(chan error, 1)}
 	core, logs := observer.New(zap.DebugLevel)
 	h.logs = logs
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
+	var socks []*listener.Socket
+	open := func(addrs []listener.Addr) ([]*listener.Socket, error) {
+		ss, err := listener.Open(addrs, nil, listener.Systemd{})
+		socks = append(socks, ss...)
+		return ss, err
+	}
+	ss, err := open(res.Addrs) // opened here, before any worker: the baseline for flag checks
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sock = ss[0]
+	first := true
+	t.Cleanup(func() {
+		for _, s := range socks {
+			s.Close()
+		}
+	})
 	go func() {
 		h.done <- Run(res, Options{
-			Log: log, Sockets: socks, Shim: []string{os.Args[0], workers.ShimArg},
-			Signals: h.signals, OnReady: func() error { close(h.ready); return nil },
-			Stdout: 1, Stderr: 2, status: h.status,
+			Log: log, Shim: []string{os.Args[0], workers.ShimArg},
+			Open: func(addrs []listener.Addr) ([]*listener.Socket, error) {
+				if first { // the master's first bind: hand it the socket opened above
+					first = false
+					return ss, nil
+				}
+				return open(addrs)
+			},
+			Signals: h.signals, Control: h.control, OnReady: func() error { close(h.ready); return nil },
+			Stdout: 1, Stderr: 2,
 		})
 	}()
 	t.Cleanup(func() {
 		select {
-		case <-h.done:
+		case err := <-h.done:
+			h.done <- err
 			return
 		default:
 		}
@@ -110,6 +126,24 @@ func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 		}
 	})
 	return h
+}
+
+// call sends a control request and waits for the answer.
+func (h *harness) call(req Request) Response {
+	h.t.Helper()
+	c := Call{Request: req, Reply: make(chan Response, 1)}
+	select {
+	case h.control <- c:
+	case <-time.After(10 * time.Second):
+		h.t.Fatalf("master loop did not take %q within 10s", req.Command)
+	}
+	select {
+	case r := <-c.Reply:
+		return r
+	case <-time.After(60 * time.Second):
+		h.t.Fatalf("no answer to %q within 60s", req.Command)
+	}
+	return Response{}
 }
 
 func (h *harness) waitReady() {
@@ -125,13 +159,7 @@ func (h *harness) waitReady() {
 
 func (h *harness) workers() []WorkerInfo {
 	h.t.Helper()
-	reply := make(chan []WorkerInfo, 1)
-	select {
-	case h.status <- reply:
-	case <-time.After(10 * time.Second):
-		h.t.Fatal("master loop did not take a status request within 10s")
-	}
-	return <-reply
+	return h.call(Request{Command: "status"}).Status.Pool
 }
 
 // waitPool waits until exactly n workers exist, all ready, none in skip.

@@ -15,31 +15,59 @@ import (
 	"go.uber.org/zap"
 )
 
-// Options is what Run needs besides the config: the sockets and the edges to
-// the outside world. cmd/supervisor fills it; tests fill it with fakes.
+// Options is what Run needs besides the config: the edges to the outside
+// world. cmd/supervisor fills it; tests fill it with fakes.
 type Options struct {
-	Log     *zap.Logger
-	Sockets []*listener.Socket // already bound, in --bind order
-	Shim    []string           // argv prefix running workers.RunShim
-	Signals <-chan os.Signal   // the master's signals (signals.Notify)
+	Log *zap.Logger
+	// Open binds or inherits sockets (listener.Open with the upgrader's
+	// store). Run calls it for each bind of the first config and for each
+	// bind a reload adds. Required.
+	Open func([]listener.Addr) ([]*listener.Socket, error)
+	// Load re-reads the config on reload; nil reloads the config in force
+	// (new workers, same settings).
+	Load    func() (*Resolved, error)
+	Shim    []string         // argv prefix running workers.RunShim
+	Signals <-chan os.Signal // the master's signals (signals.Notify)
+	Control <-chan Call      // control requests (the control socket)
 	// OnReady runs once, when the first workers are all ready (the
 	// tableflip Upgrader's Ready: pid file).
 	OnReady func() error
 	Systemd string // the master's own NOTIFY_SOCKET, "" when not under systemd
 	Stdout  int    // fd workers write their stdout to
 	Stderr  int    // fd workers write their stderr to
-
-	status chan chan []WorkerInfo // snapshot requests (tests)
 }
 
-// Run is the master: it starts cfg.Workers workers on opts.Sockets, keeps
-// them running, and returns after a stop once every worker is gone. It
-// returns nil after a requested stop, or why the master gave up (workers
-// that could not boot). It does not close the sockets.
+// Run is the master: it opens the sockets of cfg, starts cfg.Workers
+// workers, keeps them running and rolls them over on reload, and returns
+// after a stop once every worker is gone. It returns nil after a requested
+// stop, or why the master gave up (a bind that failed, workers that could
+// not boot). It retires sockets whose bind a reload removed; the others are
+// left open for the caller to close.
 func Run(cfg *Resolved, opts Options) error {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	m := &master{
+		opts:       opts,
+		log:        opts.Log,
+		exited:     make(chan workers.Exit, 64),
+		now:        time.Now,
+		configs:    map[int]*Resolved{1: cfg},
+		genSockets: map[int][]*listener.Socket{},
+		sockets:    map[string][]*listener.Socket{},
+		stable:     1,
+		target:     1,
+		lastGen:    1,
+		workers:    make(map[int]*worker),
+		restarts:   make(map[int]time.Time),
+		crashes:    make(map[int]int),
+	}
+	m.started = m.now()
+	socks, err := m.socketsFor(cfg.Addrs)
+	if err != nil {
+		return err
+	}
+	m.genSockets[1] = socks
 	ns, err := workers.ListenNotify(notifyAddr())
 	if err != nil {
 		return fmt.Errorf("notify socket: %w", err)
@@ -74,22 +102,7 @@ func Run(cfg *Resolved, opts Options) error {
 		<-readerDone
 	}()
 
-	for _, s := range opts.Sockets {
-		opts.Log.Info("listening", zap.String("address", s.Addr), zap.String("name", s.Name), zap.Int("fd", s.RawFD()))
-	}
-	m := &master{
-		cfg:      cfg,
-		opts:     opts,
-		log:      opts.Log,
-		notify:   ns.Addr(),
-		reaper:   reaper,
-		exited:   make(chan workers.Exit, 64),
-		now:      time.Now,
-		gen:      1,
-		workers:  make(map[int]*worker),
-		restarts: make(map[int]time.Time),
-		crashes:  make(map[int]int),
-	}
+	m.notify, m.reaper = ns.Addr(), reaper
 	return m.loop(notes)
 }
 

@@ -25,15 +25,13 @@ type worker struct {
 	proc    *workers.Process
 	slot    int
 	gen     int
+	cfg     *Resolved // its generation's config
 	state   wstate
 	readyAt time.Time
 	// deadline: while starting, when it must be ready (or, with --ready
 	// delay, when it counts as ready); while stopping, when its group gets
 	// SIGKILL (zero once sent).
 	deadline time.Time
-	// failed: it is stopping because it did not get ready in time; its exit
-	// counts as a crash of its slot.
-	failed   bool
 	status   string
 	requests int64
 }

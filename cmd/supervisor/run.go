@@ -8,7 +8,6 @@ import (
 
 	"github.com/cloudflare/tableflip"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/signals"
 	"github.com/supervisor-dev/supervisor/supervisor"
@@ -33,25 +32,6 @@ func newRunCommand(use, short string) *cobra.Command {
 	}
 	addRunFlags(c.Flags(), &cfg)
 	return c
-}
-
-// addRunFlags binds the Gunicorn-familiar flags of DESIGN §2 to cfg.
-func addRunFlags(f *pflag.FlagSet, cfg *supervisor.Config) {
-	f.StringArrayVarP(&cfg.Bind, "bind", "b", cfg.Bind, "address to listen on: HOST:PORT, [::1]:PORT, :PORT, unix:/path[?mode=0660], fd://N, systemd[:NAME] (repeatable)")
-	f.IntVarP(&cfg.Workers, "workers", "w", cfg.Workers, "number of worker processes")
-	f.DurationVar(&cfg.GracefulTimeout, "graceful-timeout", cfg.GracefulTimeout, "time a stopping worker gets to finish before SIGKILL")
-	f.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", cfg.ShutdownDelay, "on TERM, keep serving this long before stopping (load-balancer deregistration)")
-	f.StringVar(&cfg.StopSignal, "stop-signal", cfg.StopSignal, "signal that asks a worker to stop gracefully")
-	f.StringVar(&cfg.Ready, "ready", cfg.Ready, "readiness: notify (READY=1 on $NOTIFY_SOCKET) or delay (alive for --ready-delay)")
-	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a worker not ready this long after start has failed")
-	f.DurationVar(&cfg.ReadyDelay, "ready-delay", cfg.ReadyDelay, "with --ready delay: time alive after which a worker counts as ready")
-	f.StringArrayVar(&cfg.Env, "env", cfg.Env, "KEY=VALUE added to the workers' environment (repeatable)")
-	f.StringVar(&cfg.Chdir, "chdir", cfg.Chdir, "working directory of the workers")
-	f.StringVarP(&cfg.User, "user", "u", cfg.User, "run workers as this user (master must be root)")
-	f.StringVarP(&cfg.Group, "group", "g", cfg.Group, "run workers with this group (master must be root)")
-	f.StringVarP(&cfg.PidFile, "pid", "p", cfg.PidFile, "write the master's pid to this file once ready")
-	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
-	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "json or console (default: console on a terminal, json otherwise)")
 }
 
 // run is the master's whole life: validate, bind, supervise, clean up.
@@ -80,13 +60,15 @@ func run(cfg supervisor.Config) error {
 	if err != nil {
 		return fmt.Errorf("upgrader: %w", err)
 	}
-	sockets, err := listener.Open(res.Addrs, upg.Fds, sd)
-	if err != nil {
-		upg.Stop()
-		return err
+	// The master opens its sockets through the upgrader's store; all of
+	// them are closed at exit, after the upgrader let go of its copies, so
+	// that closing a unix socket, then unused, removes its path.
+	var sockets []*listener.Socket
+	open := func(addrs []listener.Addr) ([]*listener.Socket, error) {
+		ss, err := listener.Open(addrs, upg.Fds, sd)
+		sockets = append(sockets, ss...)
+		return ss, err
 	}
-	// At exit: the upgrader lets go of its copies first, so that closing a
-	// unix socket, now unused, removes its path.
 	defer func() {
 		upg.Stop()
 		<-upg.Exit()
@@ -98,7 +80,7 @@ func run(cfg supervisor.Config) error {
 
 	err = supervisor.Run(res, supervisor.Options{
 		Log:     log,
-		Sockets: sockets,
+		Open:    open,
 		Shim:    []string{"/proc/self/exe", workers.ShimArg},
 		Signals: sigs,
 		OnReady: upg.Ready,

@@ -1,0 +1,162 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/workers"
+	"go.uber.org/zap"
+)
+
+// onExit handles a reaped worker.
+func (m *master) onExit(ex workers.Exit) {
+	w, ok := m.workers[ex.Pid]
+	if !ok {
+		return
+	}
+	delete(m.workers, ex.Pid)
+	// Its group may outlive its leader: leave no orphan behind (invariant 4).
+	_ = w.proc.Signal(syscall.SIGKILL)
+	how := workers.Describe(ex.Status)
+	if w.state == wStopping || m.phase == stopping {
+		m.log.Info("worker stopped", append(w.fields(), zap.String("how", how))...)
+		return
+	}
+	when := ""
+	if w.state == wStarting {
+		when = " before it was ready"
+	}
+	reason := fmt.Sprintf("worker %d (pid %d) %s%s: %s", w.slot, ex.Pid, how, when, commandLine(w.cfg))
+	m.workerFailed(w.slot, w.gen, reason, ex.At.Sub(w.proc.Started), append(w.fields(), zap.String("how", how)))
+}
+
+// workerFailed handles a worker that exited unexpectedly, missed its ready
+// deadline, or could not be started: at boot the master gives up; in a
+// forward rollout, a target worker's failure rolls the rollout back;
+// otherwise a target slot is refilled after its crash backoff, and an old
+// generation's slot is left to the rollout.
+func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fields []zap.Field) {
+	switch {
+	case m.phase == booting:
+		m.fail(errors.New(reason))
+	case m.rollout != nil && !m.rollout.rollback && gen == m.target:
+		m.abort(reason)
+	case gen == m.target:
+		prior := priorCrashes(m.crashes[slot], up)
+		m.crashes[slot] = prior + 1
+		delay := crashDelay(prior)
+		m.restarts[slot] = m.now().Add(delay)
+		m.log.Warn("worker exited unexpectedly; replacing it", append(fields, zap.String("reason", reason), zap.Duration("after", delay))...)
+	default:
+		m.log.Warn("worker of an old generation exited; the rollout replaces it", append(fields, zap.String("reason", reason))...)
+	}
+}
+
+// onNotify applies one sd_notify datagram. It counts for a worker when its
+// sender is the worker or in the worker's process group (the group leader's
+// pid is the group id).
+func (m *master) onNotify(n workers.Notification) {
+	w := m.workers[n.PID]
+	if w == nil && n.PGID > 0 {
+		w = m.workers[n.PGID]
+	}
+	if w == nil {
+		m.log.Debug("notify from an unknown sender ignored", zap.Int("sender", n.PID))
+		return
+	}
+	if n.Msg.HasStatus {
+		w.status = n.Msg.Status
+	}
+	if n.Msg.HasRequests {
+		w.requests = n.Msg.Requests
+	}
+	if n.Msg.Ready && w.state == wStarting {
+		m.markReady(w)
+	}
+	if n.Msg.Stopping && w.state != wStopping {
+		// Leaving on its own: its slot is free, so step replaces it now.
+		m.log.Info("worker is leaving on its own; replacing it", w.fields()...)
+		w.state, w.deadline = wStopping, m.now().Add(w.cfg.GracefulTimeout)
+	}
+}
+
+func (m *master) markReady(w *worker) {
+	now := m.now()
+	w.state, w.readyAt, w.deadline = wReady, now, time.Time{}
+	m.log.Info("worker ready", append(w.fields(), zap.Duration("boot", now.Sub(w.proc.Started)))...)
+	cfg := m.cfg()
+	if m.phase != booting || m.countReady(m.target) < cfg.Workers {
+		return
+	}
+	m.phase = running
+	m.log.Info("ready", zap.Int("workers", cfg.Workers), zap.Int("generation", m.stable), zap.String("command", commandLine(cfg)))
+	if m.opts.OnReady != nil {
+		if err := m.opts.OnReady(); err != nil {
+			m.log.Warn("after ready", zap.Error(err))
+		}
+	}
+	m.tellSystemd(fmt.Sprintf("READY=1\nSTATUS=%d workers ready", cfg.Workers))
+}
+
+// onTick handles everything that is due at now.
+func (m *master) onTick(now time.Time) {
+	if m.phase == draining && !now.Before(m.drainUntil) {
+		m.drainUntil = time.Time{}
+		m.stopAll(m.cfg().StopSig, m.cfg().GracefulTimeout)
+	}
+	for slot, at := range m.restarts {
+		if !now.Before(at) {
+			delete(m.restarts, slot) // step starts it
+		}
+	}
+	for _, w := range m.workers {
+		if w.deadline.IsZero() || now.Before(w.deadline) {
+			continue
+		}
+		switch w.state {
+		case wStarting:
+			if w.cfg.Ready == ReadyDelay {
+				m.markReady(w)
+				continue
+			}
+			m.notReady(w)
+		case wStopping:
+			m.log.Warn("worker did not stop within the graceful timeout; killing its group", w.fields()...)
+			_ = w.proc.Signal(syscall.SIGKILL)
+			w.deadline = time.Time{}
+		}
+	}
+}
+
+// notReady handles a worker that missed its ready deadline: it is stopped,
+// and counts as failed.
+func (m *master) notReady(w *worker) {
+	reason := fmt.Sprintf("worker %d (pid %d) was not ready within %s: %s (--ready %s %s)",
+		w.slot, w.proc.Pid, w.cfg.ReadyTimeout, commandLine(w.cfg), w.cfg.Ready, readyHint(w.cfg.Ready))
+	m.stop(w, w.cfg.StopSig, min(fastGrace, w.cfg.GracefulTimeout))
+	m.workerFailed(w.slot, w.gen, reason, m.now().Sub(w.proc.Started), w.fields())
+}
+
+// readyHint says what a readiness mode waited for and what to change.
+func readyHint(mode string) string {
+	switch mode {
+	case ReadyNotify:
+		return "waits for READY=1 on $NOTIFY_SOCKET: make the app send it, or use --ready delay"
+	}
+	return "waited in vain: raise --ready-timeout or change --ready"
+}
+
+func (m *master) countReady(gen int) int {
+	n := 0
+	for _, w := range m.workers {
+		if w.gen == gen && w.state == wReady {
+			n++
+		}
+	}
+	return n
+}
+
+func commandLine(cfg *Resolved) string { return strings.Join(cfg.Command, " ") }

@@ -1,0 +1,103 @@
+package supervisor
+
+import (
+	"cmp"
+	"slices"
+)
+
+// wview is what the pool plan needs to know of one worker.
+type wview struct {
+	pid   int
+	slot  int
+	gen   int
+	state wstate
+}
+
+// pool is the input of planPool: the workers and what is wanted of them.
+type pool struct {
+	workers   []wview
+	target    int          // the generation every slot should run
+	want      int          // workers wanted in the target generation
+	surge     int          // at most want+surge processes, stopping ones included
+	canary    bool         // a forward rollout: one target worker until one is ready
+	scheduled map[int]bool // slots waiting out a crash backoff
+}
+
+// plan is what to do now: slots to start a target worker in, and pids to
+// ask to stop.
+type plan struct {
+	start []int
+	stop  []int
+}
+
+// planPool decides the next step toward a pool of `want` ready workers of
+// the target generation, never going below `want` ready workers (old ones
+// count) and never above want+surge processes (invariants 1-2):
+//  1. target workers in slots >= want (after a scale down) stop;
+//  2. old workers that are not ready stop at once: they add no capacity;
+//  3. old ready workers stop one by one while the ready count stays at or
+//     above want without them — and, in a canary rollout, only once a
+//     target worker is ready; those whose slot a ready target worker holds
+//     go first, then the highest slot, then the oldest generation;
+//  4. free target slots (no live target worker, no backoff) get a worker,
+//     lowest first, while the process count allows, and in a canary
+//     rollout only one until a target worker is ready.
+func planPool(p pool) plan {
+	var out plan
+	procs := len(p.workers)
+	readyT, liveT := 0, 0
+	held := map[int]bool{}      // slots with a live target worker
+	readyHeld := map[int]bool{} // slots with a ready target worker
+	var oldReady []wview
+	for _, w := range p.workers {
+		switch {
+		case w.state == wStopping:
+		case w.gen == p.target && w.slot >= p.want:
+			out.stop = append(out.stop, w.pid)
+		case w.gen == p.target:
+			liveT++
+			held[w.slot] = true
+			if w.state == wReady {
+				readyT++
+				readyHeld[w.slot] = true
+			}
+		case w.state != wReady:
+			out.stop = append(out.stop, w.pid)
+		default:
+			oldReady = append(oldReady, w)
+		}
+	}
+	if !p.canary || readyT > 0 {
+		slices.SortFunc(oldReady, func(a, b wview) int {
+			ca, cb := readyHeld[a.slot], readyHeld[b.slot]
+			if ca != cb {
+				if ca {
+					return -1
+				}
+				return 1
+			}
+			return cmp.Or(b.slot-a.slot, a.gen-b.gen, a.pid-b.pid)
+		})
+		for len(oldReady) > 0 && readyT+len(oldReady)-1 >= p.want {
+			out.stop = append(out.stop, oldReady[0].pid)
+			oldReady = oldReady[1:]
+		}
+	}
+	for s := 0; s < p.want; s++ {
+		if held[s] || p.scheduled[s] {
+			continue
+		}
+		if procs >= p.want+p.surge || (p.canary && readyT == 0 && liveT > 0) {
+			break
+		}
+		out.start = append(out.start, s)
+		procs++
+		liveT++
+	}
+	return out
+}
+
+// surgeFor resolves max_surge for want workers: at least 1.
+func surgeFor(r *Resolved) int {
+	return max(1, (r.Workers+3)/4) // 25%, rounded up
+}

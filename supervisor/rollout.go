@@ -1,0 +1,226 @@
+package supervisor
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/listener"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// rollout is a move of every slot to the target generation.
+type rollout struct {
+	// rollback: back to the stable generation after a failed rollout; its
+	// workers' failures are crashes, not a reason to give up.
+	rollback bool
+	began    time.Time
+	waiters  []chan Response // reload --wait callers, answered at the end
+}
+
+// reload starts a rollout of the config as it is now (HUP, `supervisor
+// reload`). The config is re-read first; if it cannot be read, or a new bind
+// cannot be opened, nothing changes and the failure is reported. A reload
+// during a rollout merges into it: the newest config becomes the target and
+// earlier waiters get the outcome of the merged rollout. reply, when not
+// nil, is answered at once, or at the end of the rollout with wait.
+func (m *master) reload(reply chan Response, wait bool) {
+	if m.phase != running {
+		respond(reply, Response{Error: "reload refused: the master is " + m.phase.String()})
+		return
+	}
+	cfg, socks, err := m.loadGeneration()
+	if err != nil {
+		msg := "reload failed, the running config stays in force: " + err.Error()
+		m.log.Error("reload failed", zap.Error(err))
+		m.lastReload = msg
+		m.tellSystemd("STATUS=" + msg)
+		respond(reply, Response{Error: msg})
+		return
+	}
+	m.lastGen++
+	gen := m.lastGen
+	m.configs[gen], m.genSockets[gen] = cfg, socks
+	var waiters []chan Response
+	if m.rollout != nil && !m.rollout.rollback {
+		waiters = m.rollout.waiters
+		m.log.Info("reload merges into the rollout under way", zap.Int("replaced_target", m.target))
+	}
+	m.rollout = &rollout{began: m.now(), waiters: waiters}
+	m.target = gen
+	clear(m.restarts)
+	clear(m.crashes)
+	m.log.Info("reload", zap.Int("generation", gen), zap.Int("workers", cfg.Workers), zap.Int("max_surge", surgeFor(cfg)), zap.String("command", commandLine(cfg)))
+	m.tellSystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
+	switch {
+	case reply == nil:
+	case wait:
+		m.rollout.waiters = append(m.rollout.waiters, reply)
+	default:
+		respond(reply, Response{OK: true, Message: fmt.Sprintf("reload started: generation %d", gen)})
+	}
+}
+
+// loadGeneration reads the config for a new generation and opens any bind
+// it adds.
+func (m *master) loadGeneration() (*Resolved, []*listener.Socket, error) {
+	cfg := m.cfg()
+	if m.opts.Load != nil {
+		var err error
+		if cfg, err = m.opts.Load(); err != nil {
+			return nil, nil, fmt.Errorf("config: %w", err)
+		}
+	}
+	socks, err := m.socketsFor(cfg.Addrs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, socks, nil
+}
+
+// socketsFor returns the sockets for a bind list, reusing those already
+// open (a kept bind keeps its socket, and a port-0 bind its port) and
+// opening the others. On error the ones it opened are retired.
+func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
+	var socks []*listener.Socket
+	var opened []string
+	for i, key := range bindKeys(addrs) {
+		if ss, ok := m.sockets[key]; ok {
+			socks = append(socks, ss...)
+			continue
+		}
+		ss, err := m.opts.Open(addrs[i : i+1])
+		if err != nil {
+			for _, k := range opened {
+				retire(m.sockets[k])
+				delete(m.sockets, k)
+			}
+			return nil, err
+		}
+		for _, s := range ss {
+			m.log.Info("listening", zap.String("address", s.Addr), zap.String("name", s.Name), zap.Int("fd", s.RawFD()))
+		}
+		m.sockets[key] = ss
+		opened = append(opened, key)
+		socks = append(socks, ss...)
+	}
+	return socks, nil
+}
+
+// bindKeys names each bind for socket reuse: its text, with "#N" added to
+// the Nth repeat (a repeated HOST:0 is a socket of its own each time).
+func bindKeys(addrs []listener.Addr) []string {
+	seen := map[string]int{}
+	keys := make([]string, len(addrs))
+	for i, a := range addrs {
+		keys[i] = a.Raw
+		if n := seen[a.Raw]; n > 0 {
+			keys[i] += "#" + strconv.Itoa(n)
+		}
+		seen[a.Raw]++
+	}
+	return keys
+}
+
+func retire(ss []*listener.Socket) {
+	for _, s := range ss {
+		_ = s.Retire()
+	}
+}
+
+// settle ends a rollout that has arrived: every slot runs a ready target
+// worker and no other generation serves.
+func (m *master) settle() {
+	r := m.rollout
+	if r == nil {
+		return
+	}
+	ready := 0
+	for _, w := range m.workers {
+		switch {
+		case w.state == wStopping:
+		case w.gen != m.target || w.state != wReady:
+			return
+		default:
+			ready++
+		}
+	}
+	cfg := m.configs[m.target]
+	if ready < cfg.Workers {
+		return
+	}
+	m.rollout = nil
+	took := m.now().Sub(r.began)
+	if r.rollback {
+		m.log.Info("rolled back", zap.Int("generation", m.stable), zap.Duration("took", took))
+		return
+	}
+	m.stable = m.target
+	m.lastReload = fmt.Sprintf("generation %d serving, rolled out in %s", m.stable, took.Round(time.Millisecond))
+	m.log.Info("reload succeeded", zap.Int("generation", m.stable), zap.Duration("took", took))
+	m.tellSystemd(fmt.Sprintf("READY=1\nSTATUS=generation %d: %d workers ready", m.stable, cfg.Workers))
+	for _, c := range r.waiters {
+		respond(c, Response{OK: true, Message: m.lastReload})
+	}
+}
+
+// abort rolls a failed forward rollout back to the stable generation and
+// reports why (invariant 3).
+func (m *master) abort(reason string) {
+	failed := m.target
+	msg := fmt.Sprintf("reload rolled back: generation %d failed: %s", failed, reason)
+	m.log.Error("reload failed; rolling back", zap.Int("generation", failed), zap.Int("back_to", m.stable), zap.String("reason", reason))
+	m.lastReload = msg
+	m.tellSystemd("READY=1\nSTATUS=" + msg)
+	for _, c := range m.rollout.waiters {
+		respond(c, Response{Error: msg})
+	}
+	m.rollout = &rollout{rollback: true, began: m.now()}
+	m.target = m.stable
+	clear(m.restarts)
+	clear(m.crashes)
+}
+
+// release forgets generations nobody uses any more and retires the sockets
+// that only they used (a bind removed on reload closes after its last
+// worker is gone).
+func (m *master) release() {
+	live := map[int]bool{m.stable: true, m.target: true}
+	for _, w := range m.workers {
+		live[w.gen] = true
+	}
+	for gen := range m.configs {
+		if !live[gen] {
+			delete(m.configs, gen)
+			delete(m.genSockets, gen)
+		}
+	}
+	used := map[*listener.Socket]bool{}
+	for _, ss := range m.genSockets {
+		for _, s := range ss {
+			used[s] = true
+		}
+	}
+	for key, ss := range m.sockets {
+		if len(ss) > 0 && !used[ss[0]] {
+			m.log.Info("closing a removed bind", zap.String("bind", key))
+			retire(ss)
+			delete(m.sockets, key)
+		}
+	}
+}
+
+func respond(c chan Response, r Response) {
+	if c != nil {
+		c <- r
+	}
+}
+
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
+}
