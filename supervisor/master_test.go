@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +39,9 @@ var helpers = map[string]func() int{
 		_ = workers.Ready()
 		return 1
 	},
+	// control-client makes one status call on the control socket in
+	// controlPathEnv and prints the outcome as JSON (control_test.go).
+	"control-client": controlClientHelper,
 }
 
 func TestMain(m *testing.M) {
@@ -59,6 +63,22 @@ type harness struct {
 	ready   chan struct{}
 	done    chan error
 	logs    *observer.ObservedLogs
+
+	mu   sync.Mutex
+	next Config // what the next reload loads
+}
+
+// setConfig changes what the next reload loads.
+func (h *harness) setConfig(edit func(*Config)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	edit(&h.next)
+}
+
+func (h *harness) load() (*Resolved, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.next.Validate()
 }
 
 func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
@@ -76,7 +96,7 @@ func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, signals: make(chan os.Signal, 1), control: make(chan Call),
-		ready: make(chan struct{}), done: make(chan error, 1)}
+		ready: make(chan struct{}), done: make(chan error, 1), next: cfg}
 	core, logs := observer.New(zap.DebugLevel)
 	h.logs = logs
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
@@ -107,6 +127,7 @@ func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 				}
 				return open(addrs)
 			},
+			Load:    h.load,
 			Signals: h.signals, Control: h.control, OnReady: func() error { close(h.ready); return nil },
 			Stdout: 1, Stderr: 2,
 		})
