@@ -125,7 +125,8 @@ func (m *master) stop(w *worker, sig syscall.Signal, grace time.Duration) {
 	if w.state == wStopping && !w.deadline.IsZero() && !at.Before(w.deadline) {
 		return
 	}
-	w.state, w.deadline = wStopping, at
+	w.setState(wStopping)
+	w.deadline = at
 	if err := w.proc.Signal(sig); err != nil {
 		m.log.Warn("signal worker", append(w.fields(), zap.Error(err))...)
 	}

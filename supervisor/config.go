@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"os/user"
@@ -18,15 +19,19 @@ import (
 // Ready modes (DESIGN §3).
 const (
 	ReadyNotify = "notify" // wait for READY=1
+	ReadyListen = "listen" // seen polling or accepting on an inherited socket
 	ReadyDelay  = "delay"  // alive for ReadyDelay
+	ReadyAuto   = "auto"   // the first of notify or listen
 )
 
 // Config is everything `supervisor run` is told. The zero value is not
-// valid: start from Defaults.
+// valid: start from Defaults. Each field's yaml tag is its config-file key,
+// the flag name with '-' turned into '_' (see LoadFile).
 type Config struct {
 	Command         []string      `yaml:"command"`
 	Bind            []string      `yaml:"bind"`
 	Workers         int           `yaml:"workers"`
+	MaxSurge        string        `yaml:"max_surge"` // a count ("2") or a percentage of Workers ("25%")
 	GracefulTimeout time.Duration `yaml:"graceful_timeout"`
 	ShutdownDelay   time.Duration `yaml:"shutdown_delay"`
 	StopSignal      string        `yaml:"stop_signal"`
@@ -38,6 +43,7 @@ type Config struct {
 	User            string        `yaml:"user"`
 	Group           string        `yaml:"group"`
 	PidFile         string        `yaml:"pid"`
+	Control         string        `yaml:"control"` // control socket; "": the caller picks one
 	LogLevel        string        `yaml:"log_level"`
 	LogFormat       string        `yaml:"log_format"`
 }
@@ -47,9 +53,10 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Workers:         1,
+		MaxSurge:        "25%",
 		GracefulTimeout: 30 * time.Second,
 		StopSignal:      "TERM",
-		Ready:           ReadyNotify,
+		Ready:           ReadyAuto,
 		ReadyTimeout:    60 * time.Second,
 		ReadyDelay:      time.Second,
 		LogLevel:        "info",
@@ -60,6 +67,7 @@ func Defaults() Config {
 type Resolved struct {
 	Config
 	Path       string              // the command's executable, resolved
+	Surge      int                 // MaxSurge resolved against Workers: at least 1
 	Addrs      []listener.Addr     // parsed Bind
 	StopSig    syscall.Signal      // parsed StopSignal
 	Credential *syscall.Credential // nil: run workers as the master's user
@@ -75,6 +83,10 @@ func (c Config) Validate() (*Resolved, error) {
 	if c.Workers < 1 {
 		return nil, fmt.Errorf("--workers %d: must be at least 1", c.Workers)
 	}
+	var err error
+	if r.Surge, err = ResolveSurge(c.MaxSurge, c.Workers); err != nil {
+		return nil, err
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -87,9 +99,12 @@ func (c Config) Validate() (*Resolved, error) {
 		return nil, errors.New("--ready-timeout 0s: must be positive, e.g. 60s")
 	}
 	switch c.Ready {
-	case ReadyNotify, ReadyDelay:
+	case ReadyAuto, ReadyNotify, ReadyListen, ReadyDelay:
 	default:
-		return nil, fmt.Errorf("--ready %q: want notify or delay", c.Ready)
+		return nil, fmt.Errorf("--ready %q: want auto, notify, listen or delay", c.Ready)
+	}
+	if len(c.Control) >= maxUnixPath {
+		return nil, fmt.Errorf("--control %s: too long for a unix socket path (at most %d bytes): pick a shorter path", c.Control, maxUnixPath-1)
 	}
 	sig, err := ParseSignal(c.StopSignal)
 	if err != nil {
@@ -119,6 +134,32 @@ func (c Config) Validate() (*Resolved, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// maxUnixPath is the size of sockaddr_un.sun_path on Linux, NUL included.
+const maxUnixPath = 108
+
+// ResolveSurge turns a max_surge setting into a number of extra workers for
+// a pool of workers (>= 1): a count ("2") as is, a percentage ("25%") of
+// workers rounded up, as Kubernetes' maxSurge. The result is at least 1;
+// "0", "0%", a negative or malformed setting is a one-line error.
+func ResolveSurge(spec string, workers int) (int, error) {
+	const want = "(a count like 2, or a percentage like 25%)"
+	num, pct := strings.CutSuffix(spec, "%")
+	n, err := strconv.Atoi(num)
+	if err != nil || strings.HasPrefix(num, "+") {
+		return 0, fmt.Errorf("--max-surge %q: want a count like 2, or a percentage like 25%%", spec)
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("--max-surge %s: must be at least 1 %s", spec, want)
+	}
+	if !pct {
+		return n, nil
+	}
+	if n > (math.MaxInt-99)/max(workers, 1) {
+		return 0, fmt.Errorf("--max-surge %s: too large %s", spec, want)
+	}
+	return max((n*workers+99)/100, 1), nil
 }
 
 // lookCommand resolves name like execve would from dir: a name with a slash

@@ -44,7 +44,12 @@ func TestValidateRejects(t *testing.T) {
 		{"zero workers", func(c *Config) { c.Workers = 0 }, "--workers 0: must be at least 1"},
 		{"negative workers", func(c *Config) { c.Workers = -2 }, "--workers -2"},
 		{"negative duration", func(c *Config) { c.GracefulTimeout = -time.Second }, "--graceful-timeout -1s: must not be negative"},
-		{"bad ready", func(c *Config) { c.Ready = "soon" }, `--ready "soon"`},
+		{"bad ready", func(c *Config) { c.Ready = "soon" }, `--ready "soon": want auto, notify, listen or delay`},
+		{"zero max surge", func(c *Config) { c.MaxSurge = "0" }, "--max-surge 0: must be at least 1 (a count like 2, or a percentage like 25%)"},
+		{"zero percent max surge", func(c *Config) { c.MaxSurge = "0%" }, "--max-surge 0%: must be at least 1"},
+		{"negative max surge", func(c *Config) { c.MaxSurge = "-1" }, "--max-surge -1: must be at least 1"},
+		{"malformed max surge", func(c *Config) { c.MaxSurge = "abc" }, `--max-surge "abc": want a count like 2, or a percentage like 25%`},
+		{"control path too long", func(c *Config) { c.Control = "/" + strings.Repeat("x", 200) }, "too long for a unix socket path"},
 		{"unknown signal", func(c *Config) { c.StopSignal = "SIGFOO" }, `--stop-signal "SIGFOO": unknown signal`},
 		{"no bind", func(c *Config) { c.Bind = nil }, "no --bind"},
 		{"bad bind", func(c *Config) { c.Bind = []string{"nope"} }, "nope"},
@@ -69,6 +74,72 @@ func TestValidateRejects(t *testing.T) {
 				t.Errorf("error is not one line: %q", err)
 			}
 		})
+	}
+}
+
+func TestValidateAcceptsReadyModes(t *testing.T) {
+	if Defaults().Ready != ReadyAuto {
+		t.Errorf("default ready = %q, want %q", Defaults().Ready, ReadyAuto)
+	}
+	for _, mode := range []string{ReadyAuto, ReadyNotify, ReadyListen, ReadyDelay} {
+		c := validConfig()
+		c.Ready = mode
+		if _, err := c.Validate(); err != nil {
+			t.Errorf("ready %s: %v", mode, err)
+		}
+	}
+}
+
+func TestResolveSurge(t *testing.T) {
+	// The default, 25%, rounds up: 1 extra worker up to 4 workers, then 2.
+	for workers, want := range []int{1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 2} {
+		if workers == 0 {
+			continue
+		}
+		if got, err := ResolveSurge("25%", workers); err != nil || got != want {
+			t.Errorf("ResolveSurge(25%%, %d) = %d, %v; want %d", workers, got, err, want)
+		}
+	}
+	for _, tc := range []struct {
+		spec    string
+		workers int
+		want    int
+	}{
+		{"2", 4, 2}, {"2", 1, 2}, {"1", 8, 1}, {"100%", 3, 3}, {"100%", 1, 1},
+		{"1%", 1, 1}, {"50%", 5, 3}, {"200%", 2, 4}, {"10", 2, 10},
+	} {
+		if got, err := ResolveSurge(tc.spec, tc.workers); err != nil || got != tc.want {
+			t.Errorf("ResolveSurge(%q, %d) = %d, %v; want %d", tc.spec, tc.workers, got, err, tc.want)
+		}
+	}
+	for spec, want := range map[string]string{
+		"0":                    "--max-surge 0: must be at least 1 (a count like 2, or a percentage like 25%)",
+		"0%":                   "--max-surge 0%: must be at least 1 (a count like 2, or a percentage like 25%)",
+		"-1":                   "--max-surge -1: must be at least 1 (a count like 2, or a percentage like 25%)",
+		"-25%":                 "--max-surge -25%: must be at least 1 (a count like 2, or a percentage like 25%)",
+		"abc":                  `--max-surge "abc": want a count like 2, or a percentage like 25%`,
+		"":                     `--max-surge "": want a count like 2, or a percentage like 25%`,
+		"%":                    `--max-surge "%": want a count like 2, or a percentage like 25%`,
+		"2.5":                  `--max-surge "2.5": want a count like 2, or a percentage like 25%`,
+		"25 %":                 `--max-surge "25 %": want a count like 2, or a percentage like 25%`,
+		"+2":                   `--max-surge "+2": want a count like 2, or a percentage like 25%`,
+		"9223372036854775807%": "--max-surge 9223372036854775807%: too large",
+	} {
+		if got, err := ResolveSurge(spec, 4); err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("ResolveSurge(%q, 4) = %d, %v; want the one-line error %q", spec, got, err, want)
+		}
+	}
+}
+
+func TestValidateResolvesSurge(t *testing.T) {
+	c := validConfig()
+	c.Workers = 8
+	r, err := c.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Surge != 2 {
+		t.Errorf("Surge = %d with the default 25%% of 8 workers, want 2", r.Surge)
 	}
 }
 

@@ -18,6 +18,7 @@ func (m *master) onExit(ex workers.Exit) {
 		return
 	}
 	delete(m.workers, ex.Pid)
+	w.endWatch()
 	// Its group may outlive its leader: leave no orphan behind (invariant 4).
 	_ = w.proc.Signal(syscall.SIGKILL)
 	how := workers.Describe(ex.Status)
@@ -79,13 +80,15 @@ func (m *master) onNotify(n workers.Notification) {
 	if n.Msg.Stopping && w.state != wStopping {
 		// Leaving on its own: its slot is free, so step replaces it now.
 		m.log.Info("worker is leaving on its own; replacing it", w.fields()...)
-		w.state, w.deadline = wStopping, m.now().Add(w.cfg.GracefulTimeout)
+		w.setState(wStopping)
+		w.deadline = m.now().Add(w.cfg.GracefulTimeout)
 	}
 }
 
 func (m *master) markReady(w *worker) {
 	now := m.now()
-	w.state, w.readyAt, w.deadline = wReady, now, time.Time{}
+	w.setState(wReady)
+	w.readyAt, w.deadline = now, time.Time{}
 	m.log.Info("worker ready", append(w.fields(), zap.Duration("boot", now.Sub(w.proc.Started)))...)
 	cfg := m.cfg()
 	if m.phase != booting || m.countReady(m.target) < cfg.Workers {
@@ -145,8 +148,26 @@ func readyHint(mode string) string {
 	switch mode {
 	case ReadyNotify:
 		return "waits for READY=1 on $NOTIFY_SOCKET: make the app send it, or use --ready delay"
+	case ReadyListen:
+		return "waits until the app accepts on an inherited socket (fd 3...): make it serve on the fds in LISTEN_FDS, or use --ready delay"
+	case ReadyAuto:
+		return "waits for READY=1 on $NOTIFY_SOCKET or the app accepting on an inherited socket (fd 3...): make it serve on LISTEN_FDS, or use --ready delay"
 	}
 	return "waited in vain: raise --ready-timeout or change --ready"
+}
+
+// onListenSeen marks a starting worker ready once it is seen listening.
+func (m *master) onListenSeen(s listenSeen) {
+	w := m.workers[s.pid]
+	if w == nil || w.state != wStarting {
+		return
+	}
+	if s.err != nil {
+		m.log.Warn("cannot watch the worker for listen readiness; waiting for READY=1 or the ready timeout", append(w.fields(), zap.Error(s.err))...)
+		return
+	}
+	m.log.Debug("worker seen listening", w.fields()...)
+	m.markReady(w)
 }
 
 func (m *master) countReady(gen int) int {

@@ -36,6 +36,8 @@ type master struct {
 	notify  string // NOTIFY_SOCKET for workers
 	reaper  *signals.Reaper
 	exited  chan workers.Exit
+	seen    chan listenSeen // from watchListen
+	inodes  map[int]uint64  // socket fd -> inode, for listen readiness
 	now     func() time.Time
 	started time.Time
 
@@ -83,6 +85,8 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 			m.onIntent(signals.IntentOf(sig), sig.String())
 		case c := <-m.opts.Control:
 			m.onCall(c)
+		case s := <-m.seen:
+			m.onListenSeen(s)
 		case <-tick:
 		}
 		m.onTick(m.now())
@@ -141,6 +145,14 @@ func (m *master) start(slot, gen int) {
 	}
 	m.workers[p.Pid] = w
 	m.log.Info("worker started", append(w.fields(), zap.String("ready", cfg.Ready))...)
+	if watchesListen(cfg.Ready) {
+		inodes := make([]uint64, len(fds))
+		for i, fd := range fds {
+			inodes[i] = m.inodes[fd]
+		}
+		w.unwatch = make(chan struct{})
+		go watchListen(p.Pid, inodes, w.unwatch, m.seen)
+	}
 }
 
 // step applies the pool plan: it starts and stops workers toward the
@@ -150,7 +162,7 @@ func (m *master) step() {
 		return
 	}
 	cfg := m.configs[m.target]
-	p := pool{target: m.target, want: cfg.Workers, surge: surgeFor(cfg),
+	p := pool{target: m.target, want: cfg.Workers, surge: cfg.Surge,
 		canary: m.rollout != nil && !m.rollout.rollback, scheduled: map[int]bool{}}
 	for s := range m.restarts {
 		p.scheduled[s] = true

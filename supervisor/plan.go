@@ -96,8 +96,3 @@ func planPool(p pool) plan {
 	}
 	return out
 }
-
-// surgeFor resolves max_surge for want workers: at least 1.
-func surgeFor(r *Resolved) int {
-	return max(1, (r.Workers+3)/4) // 25%, rounded up
-}

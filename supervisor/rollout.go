@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/supervisor-dev/supervisor/listener"
+	"github.com/supervisor-dev/supervisor/workers"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +52,7 @@ func (m *master) reload(reply chan Response, wait bool) {
 	m.target = gen
 	clear(m.restarts)
 	clear(m.crashes)
-	m.log.Info("reload", zap.Int("generation", gen), zap.Int("workers", cfg.Workers), zap.Int("max_surge", surgeFor(cfg)), zap.String("command", commandLine(cfg)))
+	m.log.Info("reload", zap.Int("generation", gen), zap.Int("workers", cfg.Workers), zap.Int("max_surge", cfg.Surge), zap.String("command", commandLine(cfg)))
 	m.tellSystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
 	switch {
 	case reply == nil:
@@ -93,12 +94,15 @@ func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 		ss, err := m.opts.Open(addrs[i : i+1])
 		if err != nil {
 			for _, k := range opened {
-				retire(m.sockets[k])
+				m.retire(m.sockets[k])
 				delete(m.sockets, k)
 			}
 			return nil, err
 		}
 		for _, s := range ss {
+			if ino, err := workers.SocketInode(s.RawFD()); err == nil {
+				m.inodes[s.RawFD()] = ino
+			}
 			m.log.Info("listening", zap.String("address", s.Addr), zap.String("name", s.Name), zap.Int("fd", s.RawFD()))
 		}
 		m.sockets[key] = ss
@@ -123,8 +127,9 @@ func bindKeys(addrs []listener.Addr) []string {
 	return keys
 }
 
-func retire(ss []*listener.Socket) {
+func (m *master) retire(ss []*listener.Socket) {
 	for _, s := range ss {
+		delete(m.inodes, s.RawFD())
 		_ = s.Retire()
 	}
 }
@@ -205,7 +210,7 @@ func (m *master) release() {
 	for key, ss := range m.sockets {
 		if len(ss) > 0 && !used[ss[0]] {
 			m.log.Info("closing a removed bind", zap.String("bind", key))
-			retire(ss)
+			m.retire(ss)
 			delete(m.sockets, key)
 		}
 	}

@@ -17,6 +17,20 @@ import (
 )
 
 func init() {
+	// listen-only serves on fd 3 without ever sending READY=1: only
+	// listen readiness can see it.
+	helpers["listen-only"] = func() int {
+		os.Unsetenv("NOTIFY_SOCKET")
+		lns, _, err := listener.Inherited()
+		if err != nil {
+			return 1
+		}
+		srv := &http.Server{Handler: http.NotFoundHandler(), ReadHeaderTimeout: 5 * time.Second}
+		if err := workers.Serve(srv, lns); err != nil {
+			return 1
+		}
+		return 0
+	}
 	// http serves "pid generation" on every inherited socket, sends
 	// READY=1, and drains on SIGTERM (workers.Serve).
 	helpers["http"] = func() int {
@@ -309,4 +323,30 @@ func TestReloadChangesBinds(t *testing.T) {
 	if got, err := ask(h.sock.Addr); err != nil || !strings.HasSuffix(got, " 3") {
 		t.Fatalf("kept bind answered %q, %v; want generation 3", got, err)
 	}
+}
+
+// An app that never sends READY=1 is ready under --ready listen and auto
+// once it accepts on its socket, and never under --ready notify.
+func TestListenReadiness(t *testing.T) {
+	for _, mode := range []string{ReadyListen, ReadyAuto} {
+		t.Run(mode, func(t *testing.T) {
+			h := startMaster(t, "listen-only", func(c *Config) { c.Workers, c.Ready = 2, mode })
+			h.waitReady()
+			if n := h.logs.FilterMessage("worker seen listening").Len(); n != 2 {
+				t.Errorf("%d workers seen listening, want 2", n)
+			}
+		})
+	}
+	t.Run(ReadyNotify, func(t *testing.T) {
+		h := startMaster(t, "listen-only", func(c *Config) { c.Workers, c.Ready, c.ReadyTimeout = 1, ReadyNotify, 500*time.Millisecond })
+		select {
+		case err := <-h.done:
+			h.done <- err
+			if err == nil || !strings.Contains(err.Error(), "was not ready within 500ms") {
+				t.Fatalf("master ended with %v, want a readiness failure", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("master still running 30s after a 500ms ready timeout")
+		}
+	})
 }

@@ -51,6 +51,8 @@ func Run(cfg *Resolved, opts Options) error {
 		opts:       opts,
 		log:        opts.Log,
 		exited:     make(chan workers.Exit, 64),
+		seen:       make(chan listenSeen),
+		inodes:     map[int]uint64{},
 		now:        time.Now,
 		configs:    map[int]*Resolved{1: cfg},
 		genSockets: map[int][]*listener.Socket{},

@@ -34,6 +34,23 @@ type worker struct {
 	deadline time.Time
 	status   string
 	requests int64
+	unwatch  chan struct{} // closed to end its listen watch; nil when none
+}
+
+// setState moves the worker to s; leaving wStarting ends its listen watch.
+func (w *worker) setState(s wstate) {
+	if s != wStarting {
+		w.endWatch()
+	}
+	w.state = s
+}
+
+// endWatch ends the worker's listen watch, if any. Idempotent.
+func (w *worker) endWatch() {
+	if w.unwatch != nil {
+		close(w.unwatch)
+		w.unwatch = nil
+	}
 }
 
 func (w *worker) fields() []zap.Field {

@@ -47,6 +47,10 @@ var spawnHelpers = map[string]func() int{
 		<-c
 		return 0
 	},
+	// listen-fd3 is a Go app: net.FileListener on fd 3, then Accept (listenready_test.go).
+	"listen-fd3": listenFD3Helper,
+	// listening-of prints Listening($LISTENING_PID, [$LISTENING_INO]) as JSON.
+	"listening-of": listeningOfHelper,
 }
 
 // dispatchHelper runs a helper or the shim when this binary is one; it is

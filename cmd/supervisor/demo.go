@@ -23,7 +23,7 @@ func newDemoCommand() *cobra.Command {
 				return fmt.Errorf("find own binary: %w", err)
 			}
 			cfg.Command = []string{exe, "example-app"}
-			return run(cfg)
+			return run(func() (supervisor.Config, error) { return cfg, nil })
 		},
 	}
 	addRunFlags(c.Flags(), &cfg)

@@ -278,7 +278,8 @@ func TestSystemdSocketActivation(t *testing.T) {
 	}
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-E", asMainEnv+"=1", "-E", "PATH="+os.Getenv("PATH"),
+	runtimeDir := t.TempDir()
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-E", asMainEnv+"=1", "-E", "PATH="+os.Getenv("PATH"), "-E", "XDG_RUNTIME_DIR="+runtimeDir,
 		self, "--bind", "systemd", "--workers", "2", "--", self, "example-app")
 	p := startCmd(t, cmd)
 	// systemd-socket-activate starts the master on the first connection;

@@ -52,11 +52,13 @@ func newExampleAppCommand() *cobra.Command {
 				GID:          os.Getgid(),
 			}
 			facts.FD3Protocol, _ = unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+			// A simulated warm-up (not a wait for a condition), before the
+			// listener exists: listen readiness sees a Go app once it has it.
+			time.Sleep(bootDelay)
 			lns, _, err := listener.Inherited()
 			if err != nil {
 				return err
 			}
-			time.Sleep(bootDelay) // a simulated warm-up, not a wait for a condition
 			if !notify {
 				os.Unsetenv("NOTIFY_SOCKET") // readiness comes from elsewhere (a wrapper, --ready delay)
 			}

@@ -31,6 +31,8 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
+	root.AddCommand(newCheckCommand())
+	root.AddCommand(newReloadCommand(), newStatusCommand(), newScaleCommand(), newStopCommand())
 	root.AddCommand(run, newDemoCommand(), newExampleAppCommand(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",

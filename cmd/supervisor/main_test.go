@@ -23,7 +23,10 @@ import (
 // exec shim, and the example app) with real signals, race detector included.
 const asMainEnv = "SUPERVISOR_TEST_AS_MAIN"
 
-var self string // this binary, copied where any user may run it
+var (
+	self        string // this binary, copied where any user may run it
+	runtimeRoot string // XDG_RUNTIME_DIRs of the masters started by tests
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asMainEnv) == "1" {
@@ -38,7 +41,11 @@ func TestMain(m *testing.M) {
 	}
 	if err == nil {
 		self = filepath.Join(dir, "supervisor")
+		runtimeRoot = filepath.Join(dir, "run")
 		err = copyFile(os.Args[0], self)
+	}
+	if err == nil {
+		err = os.Mkdir(runtimeRoot, 0o700)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
@@ -84,11 +91,27 @@ type proc struct {
 	status error
 }
 
-// command returns an unstarted command running this binary as supervisor.
+// command returns an unstarted command running this binary as supervisor,
+// with an XDG_RUNTIME_DIR of its own, so that masters running at once each
+// get their own control socket (see controlPath).
 func command(args ...string) *exec.Cmd {
 	cmd := exec.Command(self, args...)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	runtimeDir, err := os.MkdirTemp(runtimeRoot, "xdg-")
+	if err != nil {
+		panic(err)
+	}
+	cmd.Env = append(os.Environ(), asMainEnv+"=1", "XDG_RUNTIME_DIR="+runtimeDir)
 	return cmd
+}
+
+// controlPath is the control socket of a master started by command.
+func controlPath(cmd *exec.Cmd) string {
+	for _, kv := range cmd.Env {
+		if dir, ok := strings.CutPrefix(kv, "XDG_RUNTIME_DIR="); ok {
+			return filepath.Join(dir, "supervisor", "control.sock")
+		}
+	}
+	return ""
 }
 
 // start starts the master with args and ends it (SIGKILL) when the test ends.

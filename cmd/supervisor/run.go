@@ -27,15 +27,25 @@ func newRunCommand(use, short string) *cobra.Command {
 				return fmt.Errorf("unknown command %q: put the app to run after --, e.g. supervisor run --bind :8080 -- %s", args[0], strings.Join(args, " "))
 			}
 			cfg.Command = args
-			return run(cfg)
+			// Defaults, then the file, then the flags given: at start and
+			// again on every reload (the file may have changed).
+			return run(func() (supervisor.Config, error) {
+				return effectiveConfig(c.Flags(), cfg, configPath(c.Flags()))
+			})
 		},
 	}
 	addRunFlags(c.Flags(), &cfg)
 	return c
 }
 
-// run is the master's whole life: validate, bind, supervise, clean up.
-func run(cfg supervisor.Config) error {
+// run is the master's whole life: load and validate the config, bind,
+// supervise, clean up. load is called again on every reload; the log
+// settings, the pid file and the control socket are taken at start only.
+func run(load func() (supervisor.Config, error)) error {
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
 	res, err := cfg.Validate()
 	if err != nil {
 		return err
@@ -78,11 +88,31 @@ func run(cfg supervisor.Config) error {
 	}()
 	defer removePidFile(cfg.PidFile)
 
+	controlPath := cfg.Control
+	if controlPath == "" {
+		controlPath = supervisor.DefaultControlPath(cfg.PidFile)
+	}
+	control, err := supervisor.ListenControl(controlPath)
+	if err != nil {
+		return err
+	}
+	calls := make(chan supervisor.Call)
+	control.Serve(calls)
+	defer control.Close()
+
 	err = supervisor.Run(res, supervisor.Options{
-		Log:     log,
-		Open:    open,
+		Log:  log,
+		Open: open,
+		Load: func() (*supervisor.Resolved, error) {
+			c, err := load()
+			if err != nil {
+				return nil, err
+			}
+			return c.Validate()
+		},
 		Shim:    []string{"/proc/self/exe", workers.ShimArg},
 		Signals: sigs,
+		Control: calls,
 		OnReady: upg.Ready,
 		Systemd: systemd,
 		Stdout:  1,

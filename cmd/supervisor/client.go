@@ -1,0 +1,249 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/supervisor-dev/supervisor/supervisor"
+)
+
+// The client commands speak the control protocol (supervisor.CallControl)
+// to a running master; the master does the work.
+
+// clientTimeout bounds every exchange but reload --wait.
+const clientTimeout = 10 * time.Second
+
+// controlTarget is the --control and --pid flags every client command has.
+type controlTarget struct {
+	control, pidFile string
+}
+
+func (t *controlTarget) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&t.control, "control", "", "the master's control socket (default: $XDG_RUNTIME_DIR/supervisor/control.sock, else beside --pid, else /run/supervisor or /tmp/supervisor-UID)")
+	f.StringVar(&t.pidFile, "pid", "", "the master's --pid file, to find its control socket beside it")
+}
+
+func (t *controlTarget) path() string {
+	if t.control != "" {
+		return t.control
+	}
+	return supervisor.DefaultControlPath(t.pidFile)
+}
+
+// call sends req and turns a refusal (OK false) into an error.
+func (t *controlTarget) call(req supervisor.Request, timeout time.Duration) (supervisor.Response, error) {
+	resp, err := supervisor.CallControl(t.path(), req, timeout)
+	if err != nil {
+		return resp, err
+	}
+	if !resp.OK {
+		if resp.Error == "" {
+			resp.Error = req.Command + " failed (the master gave no reason)"
+		}
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}
+
+// say prints the master's message, or def when it sent none.
+func say(w io.Writer, resp supervisor.Response, def string) {
+	if resp.Message != "" {
+		def = resp.Message
+	}
+	fmt.Fprintln(w, def)
+}
+
+func newReloadCommand() *cobra.Command {
+	var t controlTarget
+	var wait bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "reload [--wait [--timeout D]]",
+		Short: "Roll out a new generation of workers (like kill -HUP)",
+		Long: `Ask the master to re-read its config and roll out a new generation of
+workers, like kill -HUP. With --wait, wait for the outcome: exit 0 once the
+new generation serves, non-zero with the reason when the rollout was rolled
+back or did not end within --timeout (0 = wait as long as it takes).`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if c.Flags().Changed("timeout") && !wait {
+				return errors.New("reload: --timeout only applies with --wait")
+			}
+			if timeout < 0 {
+				return fmt.Errorf("reload: --timeout %s: must not be negative", timeout)
+			}
+			req := supervisor.Request{Command: "reload", Wait: wait}
+			limit := clientTimeout
+			if wait {
+				req.Timeout, limit = timeout.String(), timeout
+			}
+			resp, err := t.call(req, limit)
+			if wait && errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("reload --wait: no outcome within %s (the rollout may still be running; see supervisor status)", timeout)
+			}
+			if err != nil {
+				return err
+			}
+			def := "reload requested"
+			if wait {
+				def = "reloaded"
+			}
+			say(c.OutOrStdout(), resp, def)
+			return nil
+		},
+	}
+	t.addFlags(c.Flags())
+	c.Flags().BoolVar(&wait, "wait", false, "wait for the rollout to succeed or roll back; the exit code says which")
+	c.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait: give up waiting after this long (0 = no limit)")
+	return c
+}
+
+func newStatusCommand() *cobra.Command {
+	var t controlTarget
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show the master and every worker",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			resp, err := t.call(supervisor.Request{Command: "status"}, clientTimeout)
+			if err != nil {
+				return err
+			}
+			if resp.Status == nil {
+				return errors.New("status: the master sent no status")
+			}
+			if asJSON {
+				b, err := json.MarshalIndent(resp.Status, "", "  ")
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(c.OutOrStdout(), "%s\n", b)
+				return err
+			}
+			return printStatus(c.OutOrStdout(), resp.Status, time.Now())
+		},
+	}
+	t.addFlags(c.Flags())
+	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	return c
+}
+
+// printStatus writes a header line for the master and a table of workers.
+func printStatus(w io.Writer, st *supervisor.Status, now time.Time) error {
+	gen := fmt.Sprintf("generation %d", st.Generation)
+	if st.Target != st.Generation {
+		gen += fmt.Sprintf(" (rolling out %d)", st.Target)
+	}
+	last := st.LastReload
+	if last == "" {
+		last = "none"
+	}
+	fmt.Fprintf(w, "master %d: %s, %s, ready %d/%d, up %s, last reload: %s\n",
+		st.Pid, st.Phase, gen, st.Ready, st.Workers, age(st.Started, now), last)
+	var table strings.Builder
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tSLOT\tGEN\tSTATE\tAGE\tREQUESTS\tSTATUS")
+	for _, wi := range st.Pool {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\n",
+			wi.Pid, wi.Slot, wi.Generation, wi.State, age(wi.Started, now), wi.Requests, wi.Status)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for line := range strings.Lines(table.String()) {
+		if _, err := fmt.Fprintln(w, strings.TrimRight(line, " \n")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// age is now - since to the second, "-" when since is unknown.
+func age(since, now time.Time) string {
+	if since.IsZero() {
+		return "-"
+	}
+	return max(now.Sub(since), 0).Round(time.Second).String()
+}
+
+// negativeCount is an argument pflag would take for a shorthand flag.
+var negativeCount = regexp.MustCompile(`^-[0-9]`)
+
+func newScaleCommand() *cobra.Command {
+	var t controlTarget
+	c := &cobra.Command{
+		Use:   "scale N|+N|-N",
+		Short: "Set the number of workers, or add or remove some (like TTIN / TTOU)",
+		Long: `Set the pool to N workers, or add (+N) or remove (-N) workers, like
+kill -TTIN / -TTOU. Removed workers are the newest, stopped gracefully.`,
+		// Flags are parsed here, so that -1 is a count, not a shorthand flag.
+		DisableFlagParsing: true,
+		RunE: func(c *cobra.Command, args []string) error {
+			var counts, rest []string
+			for i, a := range args {
+				if a == "--" {
+					counts = append(counts, args[i+1:]...)
+					break
+				}
+				if negativeCount.MatchString(a) {
+					counts = append(counts, a)
+				} else {
+					rest = append(rest, a)
+				}
+			}
+			if err := c.Flags().Parse(rest); err != nil {
+				return c.FlagErrorFunc()(c, err)
+			}
+			if help, _ := c.Flags().GetBool("help"); help {
+				return c.Help()
+			}
+			counts = append(c.Flags().Args(), counts...)
+			if len(counts) != 1 {
+				return fmt.Errorf("scale: want one argument, N, +N or -N, got %d", len(counts))
+			}
+			if _, _, err := supervisor.ParseScale(counts[0]); err != nil {
+				return fmt.Errorf("scale: %w", err)
+			}
+			resp, err := t.call(supervisor.Request{Command: "scale", Scale: counts[0]}, clientTimeout)
+			if err != nil {
+				return err
+			}
+			say(c.OutOrStdout(), resp, "scale "+strconv.Quote(counts[0])+" requested")
+			return nil
+		},
+	}
+	t.addFlags(c.Flags())
+	return c
+}
+
+func newStopCommand() *cobra.Command {
+	var t controlTarget
+	var fast bool
+	c := &cobra.Command{
+		Use:   "stop [--fast]",
+		Short: "Stop the master and its workers gracefully (like kill -TERM; --fast: like -QUIT)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			resp, err := t.call(supervisor.Request{Command: "stop", Fast: fast}, clientTimeout)
+			if err != nil {
+				return err
+			}
+			say(c.OutOrStdout(), resp, "stop requested")
+			return nil
+		},
+	}
+	t.addFlags(c.Flags())
+	c.Flags().BoolVar(&fast, "fast", false, "stop workers at once (SIGTERM with a short grace) instead of draining")
+	return c
+}

@@ -1,0 +1,560 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The control protocol: a client connects to the control socket, writes one
+// JSON Request, and reads one JSON Response; then both sides close.
+
+const (
+	controlMaxRequest   = 64 << 10        // bytes; a Request is well under 1 KiB
+	controlMaxResponse  = 16 << 20        // bytes; a status of thousands of workers fits
+	controlReadTimeout  = 5 * time.Second // for the client to send its request
+	controlWriteTimeout = 5 * time.Second // for the client to take the answer
+	controlMaxPath      = 107             // sizeof(sun_path) - 1 on Linux
+	controlProbeTimeout = 2 * time.Second // dialling a socket found in the way
+	controlAcceptMax    = 1 * time.Second // accept error backoff cap (EMFILE)
+)
+
+// ControlServer is the master's end of the control socket. Serve hands each
+// request to the master's loop as a Call; Close ends everything.
+type ControlServer struct {
+	path string
+	ln   *net.UnixListener
+	uid  int           // the master's euid: allowed besides root
+	file os.FileInfo   // the socket file as bound, to remove only our own
+	done chan struct{} // closed by Close
+
+	wg sync.WaitGroup // the accept loop and every connection
+
+	mu      sync.Mutex // guards the fields below
+	serving bool
+	closed  bool
+	unlink  bool
+	conns   map[*net.UnixConn]struct{}
+}
+
+// ListenControl creates the control socket at path, mode 0600, and returns
+// the server, not yet serving.
+//
+// The parent directory is created (0700) when missing; an existing one must
+// be owned by root or by this user. A socket file already at path is probed:
+// when nothing answers (a master that died) it is replaced; when a master
+// answers, ListenControl fails ("another master is running"). Any other file
+// at path is an error and is left alone.
+//
+// The socket is bound inside a private 0700 directory next to path, set to
+// 0600, then renamed into place (without replacing a file that appeared in
+// the meantime), so it is never reachable with a wider mode and the
+// process-wide umask is not touched. Only when that temporary path would
+// not fit in sun_path is the socket bound at path directly and then chmod-ed.
+func ListenControl(path string) (*ControlServer, error) {
+	if path == "" {
+		return nil, errors.New("control socket: empty path")
+	}
+	if len(path) > controlMaxPath {
+		return nil, fmt.Errorf("control socket %s: path too long (%d bytes, at most %d)", path, len(path), controlMaxPath)
+	}
+	dir := filepath.Dir(path)
+	if err := controlDir(dir); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := clearStaleSocket(path); err != nil {
+		return nil, err
+	}
+	ln, err := bindControl(path)
+	if err != nil {
+		return nil, err
+	}
+	s := NewControlServer(ln, path)
+	if s.file == nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: vanished right after it was created", path)
+	}
+	return s, nil
+}
+
+// NewControlServer adopts ln, already listening at path (for example
+// inherited from the previous master through tableflip), as a control
+// server. Close removes path only when it is still the file that was there
+// when NewControlServer was called.
+func NewControlServer(ln *net.UnixListener, path string) *ControlServer {
+	ln.SetUnlinkOnClose(false) // Close decides, by inode
+	s := &ControlServer{path: path, ln: ln, uid: os.Geteuid(), done: make(chan struct{}),
+		unlink: true, conns: make(map[*net.UnixConn]struct{})}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		s.file = fi
+	}
+	return s
+}
+
+// Path is where the socket is.
+func (s *ControlServer) Path() string { return s.path }
+
+// Listener is the listening socket, to hand to a new master in an upgrade
+// (with SetUnlinkOnClose(false), so this master's Close leaves the file).
+func (s *ControlServer) Listener() *net.UnixListener { return s.ln }
+
+// SetUnlinkOnClose sets whether Close removes the socket file (default
+// true; false once the socket was handed to a new master).
+func (s *ControlServer) SetUnlinkOnClose(unlink bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unlink = unlink
+}
+
+// Serve starts answering connections in the background and returns at once.
+// For each connection it checks the peer's credentials (root or the
+// master's own euid), reads one Request (at most 64 KiB, within 5 s),
+// rejects a malformed one itself, sends the rest on calls as a Call and
+// writes back the loop's answer, however long the loop takes (a reload
+// with Wait may take minutes). The loop must answer every Call it receives,
+// once, on Call.Reply. Serve may be called once; after Close it does
+// nothing.
+func (s *ControlServer) Serve(calls chan<- Call) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.serving {
+		panic("supervisor: ControlServer.Serve called twice")
+	}
+	s.serving = true
+	if s.closed {
+		return
+	}
+	s.wg.Add(1)
+	go s.accept(calls)
+}
+
+// Close stops the server, in order: stop accepting; cut short every
+// request still being read; answer every connection still waiting for the
+// loop with "the master is shutting down" (an answer already given by the
+// loop still wins); wait for every goroutine (at most controlWriteTimeout
+// for a client that does not take its answer); remove the socket file if it
+// is still the one this server bound. Close is idempotent; it returns the
+// error of closing the listener or of removing the file.
+func (s *ControlServer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	for c := range s.conns {
+		_ = c.SetReadDeadline(time.Unix(1, 0)) // unblocks the read at once
+	}
+	unlink := s.unlink
+	s.mu.Unlock()
+	s.wg.Wait()
+	if unlink && s.file != nil {
+		if fi, serr := os.Lstat(s.path); serr == nil && os.SameFile(fi, s.file) {
+			if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
+	}
+	return err
+}
+
+func (s *ControlServer) accept(calls chan<- Call) {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		conn, err := s.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and the like: back off as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), controlAcceptMax)
+			select {
+			case <-s.done:
+				return
+			case <-time.After(delay):
+			}
+			continue
+		}
+		delay = 0
+		// Set before the connection is tracked, so Close's deadline wins.
+		_ = conn.SetReadDeadline(time.Now().Add(controlReadTimeout))
+		if !s.track(conn) {
+			conn.Close()
+			return
+		}
+		go s.handle(conn, calls)
+	}
+}
+
+// track registers conn for Close; false once closed.
+func (s *ControlServer) track(conn *net.UnixConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[conn] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *ControlServer) handle(conn *net.UnixConn, calls chan<- Call) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, conn)
+		s.mu.Unlock()
+		conn.Close()
+	}()
+	resp := s.answer(conn, calls)
+	_ = conn.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
+	_ = json.NewEncoder(conn).Encode(resp)
+}
+
+// answer is the Response for the one request on conn.
+func (s *ControlServer) answer(conn *net.UnixConn, calls chan<- Call) Response {
+	cred, err := peerCred(conn)
+	if err != nil {
+		return Response{Error: "cannot check the client's credentials: " + err.Error()}
+	}
+	if uid := int(cred.Uid); uid != 0 && uid != s.uid {
+		// Take the request anyway (bounded by the read deadline), so
+		// closing with unread data does not reset the client's read.
+		_, _ = io.Copy(io.Discard, io.LimitReader(conn, controlMaxRequest))
+		return Response{Error: fmt.Sprintf("permission denied: uid %d is neither root nor the master's user", uid)}
+	}
+	req, err := readRequest(conn)
+	if err != nil && s.closing() {
+		return Response{Error: "the master is shutting down"}
+	}
+	if err != nil {
+		return Response{Error: "bad request: " + err.Error()}
+	}
+	call := Call{Request: req, Reply: make(chan Response, 1)}
+	select {
+	case calls <- call:
+	case <-s.done:
+		return Response{Error: "the master is shutting down"}
+	}
+	select {
+	case r := <-call.Reply:
+		return r
+	case <-s.done:
+		select {
+		case r := <-call.Reply:
+			return r
+		default:
+			return Response{Error: "the master is shutting down; no answer to " + req.Command}
+		}
+	}
+}
+
+func (s *ControlServer) closing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// peerCred is the SO_PEERCRED of conn: for an accepted connection the
+// client process, for a dialled one the process that created the listener.
+func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	return cred, nil
+}
+
+// readRequest reads and checks one Request: a known command and, for scale
+// and timeout, values that parse.
+func readRequest(r io.Reader) (Request, error) {
+	lr := &io.LimitedReader{R: r, N: controlMaxRequest + 1}
+	var req Request
+	if err := json.NewDecoder(lr).Decode(&req); err != nil {
+		switch {
+		case lr.N <= 0:
+			return req, fmt.Errorf("larger than %d KiB", controlMaxRequest>>10)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return req, fmt.Errorf("no request within %s", controlReadTimeout)
+		case errors.Is(err, io.EOF):
+			return req, errors.New("empty request")
+		}
+		return req, fmt.Errorf("not a JSON request: %w", err)
+	}
+	switch req.Command {
+	case "status", "reload", "stop":
+	case "scale":
+		if _, _, err := ParseScale(req.Scale); err != nil {
+			return req, err
+		}
+	default:
+		return req, fmt.Errorf("unknown command %q (want status, reload, scale or stop)", req.Command)
+	}
+	if req.Timeout != "" {
+		if d, err := time.ParseDuration(req.Timeout); err != nil || d < 0 {
+			return req, fmt.Errorf("timeout %q: want a duration like 5m", req.Timeout)
+		}
+	}
+	return req, nil
+}
+
+// ParseScale parses the argument of `supervisor scale`: "N" sets the pool to
+// N workers (N >= 1); "+N" adds and "-N" removes N (N >= 1).
+func ParseScale(s string) (n int, relative bool, err error) {
+	digits := s
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		digits, relative = s[1:], true
+	}
+	n, err = strconv.Atoi(digits)
+	if err != nil || digits == "" || digits[0] < '0' || digits[0] > '9' {
+		return 0, false, fmt.Errorf("want N, +N or -N, got %q", s)
+	}
+	if n < 1 {
+		if relative {
+			return 0, false, fmt.Errorf("%s: nothing to change", s)
+		}
+		return 0, false, fmt.Errorf("%s: the pool needs at least 1 worker", s)
+	}
+	if s[0] == '-' {
+		n = -n
+	}
+	return n, relative, nil
+}
+
+// controlDir makes sure dir exists and is not someone else's: created 0700
+// when missing; an existing one must be a directory owned by root or by
+// this user (so nobody else can swap the socket).
+func controlDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("directory %s is owned by uid %d, not by root or by this user", dir, st.Uid)
+	}
+	return nil
+}
+
+// clearStaleSocket removes a socket at path that nobody listens on; it
+// fails when a master answers there or when path is not a socket.
+func clearStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("control socket %s: exists and is not a socket (remove it or choose another --control)", path)
+	}
+	conn, err := net.DialTimeout("unix", path, controlProbeTimeout)
+	switch {
+	case err == nil:
+		pid := "pid unknown"
+		if uc, ok := conn.(*net.UnixConn); ok {
+			// The pid that created the listening socket, if it still lives.
+			if c, err := peerCred(uc); err == nil && c.Pid > 0 && syscall.Kill(int(c.Pid), 0) != syscall.ESRCH {
+				pid = "pid " + strconv.Itoa(int(c.Pid))
+			}
+		}
+		conn.Close()
+		return fmt.Errorf("control socket %s: another master is running (%s)", path, pid)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("control socket %s: remove stale socket: %w", path, err)
+		}
+		return nil
+	case errors.Is(err, syscall.ENOENT):
+		return nil // gone meanwhile
+	}
+	return fmt.Errorf("control socket %s: probe the existing socket: %w", path, errnoOf(err))
+}
+
+// bindControl binds the listening socket and moves it to path with mode
+// 0600 (see ListenControl).
+func bindControl(path string) (*net.UnixListener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".ctl")
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(tmp)
+	at := filepath.Join(tmp, "s")
+	direct := len(at) > controlMaxPath
+	if direct {
+		at = path
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: at, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, errnoOf(err))
+	}
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (*net.UnixListener, error) {
+		ln.Close()
+		_ = os.Remove(at)
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(at, 0o600); err != nil {
+		return fail(err)
+	}
+	if direct {
+		return ln, nil
+	}
+	err = unix.Renameat2(unix.AT_FDCWD, at, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		err = os.Rename(at, path) // a file system without RENAME_NOREPLACE
+	}
+	if errors.Is(err, unix.EEXIST) {
+		return fail(errors.New("another master created it while this one was starting"))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return ln, nil
+}
+
+// DefaultControlPath is where the master listens and clients connect when
+// --control is not given, in this order:
+//   - $XDG_RUNTIME_DIR/supervisor/control.sock when XDG_RUNTIME_DIR is set;
+//   - else, given a pid file, beside it with the pid file's name and a
+//     .sock extension (/run/app.pid -> /run/app.sock);
+//   - else /run/supervisor/control.sock for root and
+//     /tmp/supervisor-UID/control.sock for anyone else.
+//
+// Master and client agree when they run as the same user with the same
+// environment and --pid; otherwise give --control to both.
+func DefaultControlPath(pidFile string) string {
+	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
+		return filepath.Join(dir, "supervisor", "control.sock")
+	}
+	if pidFile != "" {
+		base := filepath.Base(pidFile)
+		name := base[:len(base)-len(filepath.Ext(base))] + ".sock"
+		if name == base || name == ".sock" {
+			name = base + ".sock"
+		}
+		return filepath.Join(filepath.Dir(pidFile), name)
+	}
+	if uid := os.Geteuid(); uid != 0 {
+		return filepath.Join(os.TempDir(), "supervisor-"+strconv.Itoa(uid), "control.sock")
+	}
+	return "/run/supervisor/control.sock"
+}
+
+// CallControl sends req to the master at path and returns its Response
+// (which may itself say OK false). timeout bounds the whole exchange; 0
+// waits as long as the master takes. The error is one line for people:
+//   - no file at path: "no master running: control socket PATH not found ..."
+//   - nobody listening: "no master running at PATH (stale socket)"
+//   - EACCES: "control socket PATH: permission denied: run as root or ..."
+//   - no answer in time: "control socket PATH: no answer within D", which
+//     matches os.ErrDeadlineExceeded under errors.Is.
+func CallControl(path string, req Request, timeout time.Duration) (Response, error) {
+	var resp Response
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.Dial("unix", path)
+	if err != nil {
+		return resp, dialError(path, err)
+	}
+	conn := c.(*net.UnixConn)
+	defer conn.Close()
+	if timeout > 0 {
+		_ = conn.SetDeadline(time.Now().Add(timeout))
+	}
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return resp, exchangeError(path, timeout, err)
+	}
+	_ = conn.CloseWrite()
+	if err := json.NewDecoder(io.LimitReader(conn, controlMaxResponse)).Decode(&resp); err != nil {
+		return resp, exchangeError(path, timeout, err)
+	}
+	return resp, nil
+}
+
+// controlError is a one-line message that still unwraps to its cause.
+type controlError struct {
+	msg string
+	err error
+}
+
+func (e *controlError) Error() string { return e.msg }
+func (e *controlError) Unwrap() error { return e.err }
+
+func dialError(path string, err error) error {
+	errno := errnoOf(err)
+	var msg string
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		msg = fmt.Sprintf("no master running: control socket %s not found (start one, or give --control)", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		if fi, serr := os.Lstat(path); serr == nil && fi.Mode().Type() != os.ModeSocket {
+			msg = fmt.Sprintf("control socket %s: not a socket (give the master's --control)", path)
+		} else {
+			msg = fmt.Sprintf("no master running at %s (stale socket)", path)
+		}
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		msg = fmt.Sprintf("control socket %s: permission denied: run as root or as the master's user", path)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		msg = fmt.Sprintf("control socket %s: the master did not accept the connection in time", path)
+	default:
+		msg = fmt.Sprintf("control socket %s: %v", path, errno)
+	}
+	return &controlError{msg: msg, err: err}
+}
+
+func exchangeError(path string, timeout time.Duration, err error) error {
+	var msg string
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		msg = fmt.Sprintf("control socket %s: no answer within %s", path, timeout)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		msg = fmt.Sprintf("control socket %s: the master closed the connection without answering", path)
+	default:
+		msg = fmt.Sprintf("control socket %s: %v", path, errnoOf(err))
+	}
+	return &controlError{msg: msg, err: err}
+}
+
+// errnoOf is the innermost system error in err (without "dial unix ...:"
+// prefixes), or err itself.
+func errnoOf(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
+}

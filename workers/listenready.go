@@ -1,0 +1,527 @@
+package workers
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"runtime"
+	"slices"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// SocketInode returns the inode number of the socket open as fd: the N that
+// /proc shows as "socket:[N]" in /proc/PID/fd, and (in hex) as "ino:" in an
+// epoll instance's fdinfo. It only fstats fd, so the flags of the open file
+// description are left alone; pass a raw fd (from SyscallConn().Control),
+// never one from (*os.File).Fd, which clears O_NONBLOCK (DESIGN §5).
+func SocketInode(fd int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("socket inode of fd %d: %w", fd, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return 0, fmt.Errorf("socket inode of fd %d: not a socket (mode %#o)", fd, st.Mode)
+	}
+	return st.Ino, nil
+}
+
+// Listening reports whether the process pid, or a process in the process
+// group pid, is waiting for connections on one of the sockets inodes (from
+// SocketInode): the `listen` readiness of DESIGN §3, for apps that say
+// nothing. It reads /proc only, changes nothing, and does not wait for the
+// process. The rule, in order:
+//
+//  1. Members: pid itself and every process whose process group is pid (one
+//     listing of /proc and a getpgid(2) per entry), pid first, zombies
+//     dropped (/proc/M/stat). A worker leads its own group, so this finds
+//     the app under a shell wrapper and the workers of a pre-fork app.
+//  2. Epoll: a member has one of the sockets registered for EPOLLIN in one of
+//     its epoll instances (the "tfd: … events: … ino:" lines of
+//     /proc/M/fdinfo/EPFD). This is how asyncio/uvicorn, libuv/Node and Go's
+//     netpoller wait; a Go app counts from net.FileListener on, even before
+//     it calls Accept.
+//  3. Blocking accept: a thread of a member is in accept or accept4
+//     (/proc/M/task/T/syscall) on an fd that is one of the sockets.
+//  4. poll/select: a thread of a member is in poll, ppoll, select or
+//     pselect6 asking for readability (POLLIN or POLLRDNORM, or the readfds
+//     bit) of an fd that is one of the sockets. The fd set is read from
+//     /proc/M/mem, and the thread's syscall line must be unchanged after that
+//     read. Holding a socket while polling something else (gunicorn's
+//     arbiter) does not count.
+//
+// Steps 3 and 4 know the syscall numbers of amd64 and arm64 only, and do not
+// see 32-bit compat processes or waits through io_uring; such apps should
+// send READY=1.
+//
+// The first member that matches ends the call with true. A process that is
+// gone, or goes while it is read, is not listening: (false, nil). The caller
+// must not have reaped pid, so that pid cannot have been reused. Reading the
+// fd, syscall and mem files of another user's process needs root; without
+// permission the error says so and errors.Is(err, fs.ErrPermission) holds.
+// One call costs a listing of /proc and a getpgid(2) per process on the
+// host, plus the members' files. A pid below 1 is an error; no inodes is
+// (false, nil). Safe for concurrent use.
+func Listening(pid int, inodes []uint64) (bool, error) {
+	ev, err := seeListener(pid, inodes)
+	return ev.How != "", err
+}
+
+// listenEvidence says what made Listening true: How is "epoll" (Tid 0) or
+// the name of the syscall thread Tid of process Pid is blocked in.
+type listenEvidence struct {
+	Pid, Tid int
+	How      string
+}
+
+func seeListener(pid int, inodes []uint64) (listenEvidence, error) {
+	if pid <= 0 {
+		return listenEvidence{}, fmt.Errorf("listen readiness: bad pid %d", pid)
+	}
+	if len(inodes) == 0 {
+		return listenEvidence{}, nil
+	}
+	r := procReader{inodes: inodes, buf: make([]byte, 16<<10)}
+	members, err := r.group(pid)
+	if err != nil {
+		return listenEvidence{}, err
+	}
+	for _, m := range members {
+		if ev, err := r.member(m); err != nil || ev.How != "" {
+			return ev, err
+		}
+	}
+	return listenEvidence{}, nil
+}
+
+// The syscalls a thread waits for connections in, by number for this GOARCH.
+type waitKind uint8
+
+const (
+	waitAccept waitKind = iota + 1 // arg1: the listening fd
+	waitPoll                       // arg1: struct pollfd *, arg2: nfds
+	waitSelect                     // arg1: nfds, arg2: fd_set *readfds
+)
+
+type waitSyscall struct {
+	name string
+	kind waitKind
+}
+
+var waitSyscalls = map[string]map[int]waitSyscall{
+	"amd64": {43: {"accept", waitAccept}, 288: {"accept4", waitAccept}, 7: {"poll", waitPoll},
+		271: {"ppoll", waitPoll}, 23: {"select", waitSelect}, 270: {"pselect6", waitSelect}},
+	"arm64": {202: {"accept", waitAccept}, 242: {"accept4", waitAccept}, 73: {"ppoll", waitPoll},
+		72: {"pselect6", waitSelect}},
+}[runtime.GOARCH]
+
+// pollIn is POLLIN|POLLRDNORM (the same values as EPOLLIN|EPOLLRDNORM).
+const pollIn = 0x1 | 0x40
+
+// maxPollFDs bounds the pollfd array read from a process's memory (64 KiB).
+const maxPollFDs = 8192
+
+// procReader is one Listening call: the inodes and reused buffers.
+type procReader struct {
+	inodes []uint64
+	buf    []byte
+}
+
+// group returns pid (first, unless gone or a zombie) and the other live
+// members of process group pid. It lists /proc and asks getpgid(2) of each
+// process (a syscall, no file: several times cheaper than reading every
+// /proc/N/stat), then confirms each member with its stat.
+func (r *procReader) group(pid int) ([]int, error) {
+	names, err := readDirNames("/proc", r.buf)
+	if err != nil {
+		return nil, procErr(err)
+	}
+	var members []int
+	for _, name := range names {
+		n, err := strconv.Atoi(name)
+		if err != nil {
+			continue // not a process
+		}
+		if n != pid {
+			if pg, err := unix.Getpgid(n); err != nil || pg != pid {
+				continue // another group, or gone
+			}
+		}
+		b, err := readProc("/proc/"+name+"/stat", r.buf, false)
+		if err != nil {
+			continue // gone; stat is readable by everyone
+		}
+		state, pgrp, err := parseStat(b)
+		if err != nil {
+			return nil, fmt.Errorf("listen readiness: /proc/%d/stat: %w", n, err)
+		}
+		if (n != pid && pgrp != pid) || state == 'Z' || state == 'X' {
+			continue
+		}
+		members = append(members, n)
+		if n == pid {
+			last := len(members) - 1
+			members[0], members[last] = members[last], members[0]
+		}
+	}
+	return members, nil
+}
+
+// member applies steps 2-4 of Listening to process pid.
+func (r *procReader) member(pid int) (listenEvidence, error) {
+	none := listenEvidence{}
+	dir := "/proc/" + strconv.Itoa(pid)
+	fds, err := readDirNames(dir+"/fd", r.buf)
+	if err != nil {
+		return none, procErr(err)
+	}
+	var held []int      // fds that are one of the sockets
+	var epolls []string // fds that are epoll instances
+	var link [32]byte   // fits "socket:[N]" and "anon_inode:[eventpoll]"
+	for _, name := range fds {
+		path := dir + "/fd/" + name
+		n, err := unix.Readlink(path, link[:])
+		if err != nil {
+			if gone(err) {
+				continue // closed since the listing
+			}
+			return none, procErr(&fs.PathError{Op: "readlink", Path: path, Err: err})
+		}
+		if ino, ok := parseSocketLink(link[:n]); ok && slices.Contains(r.inodes, ino) {
+			fd, _ := strconv.Atoi(name)
+			held = append(held, fd)
+		} else if string(link[:n]) == "anon_inode:[eventpoll]" {
+			epolls = append(epolls, name)
+		}
+	}
+	for _, name := range epolls {
+		b, err := readProc(dir+"/fdinfo/"+name, r.buf, true)
+		if err != nil {
+			if gone(err) {
+				continue
+			}
+			return none, procErr(err)
+		}
+		targets, err := parseEpollTargets(b)
+		if err != nil {
+			return none, fmt.Errorf("listen readiness: %s/fdinfo/%s: %w", dir, name, err)
+		}
+		for _, t := range targets {
+			// Kernels before ino: was printed: the fd number in this process.
+			ours := slices.Contains(r.inodes, t.ino) || (t.ino == 0 && slices.Contains(held, t.fd))
+			if ours && t.events&unix.EPOLLIN != 0 {
+				return listenEvidence{Pid: pid, How: "epoll"}, nil
+			}
+		}
+	}
+	if len(held) == 0 || waitSyscalls == nil {
+		return none, nil
+	}
+	tids, err := readDirNames(dir+"/task", r.buf)
+	if err != nil {
+		return none, procErr(err)
+	}
+	mem := -1
+	defer func() {
+		if mem >= 0 {
+			unix.Close(mem)
+		}
+	}()
+	for _, tid := range tids {
+		path := dir + "/task/" + tid + "/syscall"
+		b, err := readProc(path, r.buf, false)
+		if err != nil {
+			if gone(err) {
+				continue
+			}
+			return none, procErr(err)
+		}
+		nr, args, in, err := parseSyscall(b)
+		if err != nil {
+			return none, fmt.Errorf("listen readiness: %s: %w", path, err)
+		}
+		w, ok := waitSyscalls[nr]
+		if !in || !ok {
+			continue
+		}
+		seen := false
+		if w.kind == waitAccept {
+			seen = slices.Contains(held, int(args[0]))
+		} else {
+			line := bytes.Clone(b)
+			if mem < 0 {
+				if mem, err = openProc(dir + "/mem"); err != nil {
+					return none, procErr(err)
+				}
+			}
+			if w.kind == waitPoll {
+				seen = r.pollAsks(mem, args[0], args[1], held)
+			} else {
+				seen = selectAsks(mem, args[0], args[1], held)
+			}
+			if seen { // the same wait still, not memory reused after it returned
+				b, err := readProc(path, r.buf, false)
+				seen = err == nil && bytes.Equal(b, line)
+			}
+		}
+		if seen {
+			t, _ := strconv.Atoi(tid)
+			return listenEvidence{Pid: pid, Tid: t, How: w.name}, nil
+		}
+	}
+	return none, nil
+}
+
+// pollAsks reports whether the pollfd array at addr asks for input on one of
+// held. amd64 and arm64 are little-endian: struct pollfd is {int32 fd; int16
+// events; int16 revents}. An unreadable array (the wait ended) is a no.
+func (r *procReader) pollAsks(mem int, addr, nfds uint64, held []int) bool {
+	n := int(min(nfds, maxPollFDs)) * 8
+	if n == 0 || addr > 1<<62 {
+		return false
+	}
+	if cap(r.buf) < n {
+		r.buf = make([]byte, n)
+	}
+	b := r.buf[:n]
+	got, err := unix.Pread(mem, b, int64(addr))
+	if err != nil {
+		return false
+	}
+	for i := 0; i+8 <= got; i += 8 {
+		fd := int32(binary.LittleEndian.Uint32(b[i:]))
+		events := binary.LittleEndian.Uint16(b[i+4:])
+		if events&(pollIn) != 0 && slices.Contains(held, int(fd)) {
+			return true
+		}
+	}
+	return false
+}
+
+// selectAsks reports whether the fd_set at readfds has the bit of one of
+// held set. On a little-endian machine bit fd of the array of longs is bit
+// fd%8 of byte fd/8.
+func selectAsks(mem int, nfds, readfds uint64, held []int) bool {
+	if readfds == 0 || readfds > 1<<62 {
+		return false
+	}
+	for _, fd := range held {
+		if uint64(fd) >= nfds {
+			continue
+		}
+		var b [1]byte
+		if n, err := unix.Pread(mem, b[:], int64(readfds)+int64(fd/8)); err == nil && n == 1 && b[0]&(1<<(fd%8)) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// gone reports whether err means the process, thread or fd no longer exists.
+func gone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH)
+}
+
+// procErr turns a failed /proc access into Listening's error: nil when the
+// process is gone, a hint when permission is missing.
+func procErr(err error) error {
+	switch {
+	case gone(err):
+		return nil
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("listen readiness: %w (reading another user's /proc/PID/fd, task/*/syscall and mem "+
+			"needs the master to run as root, or as the worker's user with ptrace allowed by kernel.yama.ptrace_scope; "+
+			"else use --ready notify)", err)
+	}
+	return fmt.Errorf("listen readiness: %w", err)
+}
+
+func openProc(path string) (int, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+		return fd, nil
+	}
+}
+
+// readProc reads path into buf: all of it when whole, else one read (a
+// prefix is enough for stat, and syscall fits). The result aliases buf, or a
+// larger buffer when whole needs one.
+func readProc(path string, buf []byte, whole bool) ([]byte, error) {
+	fd, err := openProc(path)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for {
+		if n == len(buf) {
+			buf = append(buf, make([]byte, len(buf))...)
+		}
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		n += m
+		if m == 0 || !whole {
+			return buf[:n], nil
+		}
+	}
+}
+
+// readDirNames lists a directory without sorting, using buf for the raw
+// entries.
+func readDirNames(path string, buf []byte) ([]string, error) {
+	fd, err := openProc(path)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var names []string
+	for {
+		n, err := unix.ReadDirent(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "readdirent", Path: path, Err: err}
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+}
+
+// parseStat returns the state and process group of a /proc/PID/stat line,
+// "pid (comm) state ppid pgrp …". comm may hold spaces and ')', so fields are
+// counted from the last ')'.
+func parseStat(b []byte) (state byte, pgrp int, err error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("stat %q: no ')'", b)
+	}
+	var f [3][]byte // state ppid pgrp
+	rest := b[i+1:]
+	for k := range f {
+		rest = bytes.TrimLeft(rest, " \n")
+		end := bytes.IndexAny(rest, " \n")
+		if end < 0 {
+			end = len(rest)
+		}
+		if end == 0 {
+			return 0, 0, fmt.Errorf("stat %q: short", b)
+		}
+		f[k], rest = rest[:end], rest[end:]
+	}
+	if len(f[0]) != 1 {
+		return 0, 0, fmt.Errorf("stat %q: state %q", b, f[0])
+	}
+	pgrp, err = strconv.Atoi(string(f[2]))
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat %q: pgrp: %w", b, err)
+	}
+	return f[0][0], pgrp, nil
+}
+
+// parseSyscall parses /proc/PID/task/TID/syscall: "NR ARG1 … ARG6 SP PC"
+// (hex) while the thread is blocked in syscall NR; "-1 SP PC" while it is
+// blocked outside a syscall and "running" while it runs, both with in false.
+func parseSyscall(b []byte) (nr int, args [6]uint64, in bool, err error) {
+	f := bytes.Fields(b)
+	if len(f) == 1 && string(f[0]) == "running" {
+		return -1, args, false, nil
+	}
+	if len(f) == 0 {
+		return 0, args, false, fmt.Errorf("syscall %q: empty", b)
+	}
+	if nr, err = strconv.Atoi(string(f[0])); err != nil {
+		return 0, args, false, fmt.Errorf("syscall %q: %w", b, err)
+	}
+	if nr < 0 {
+		return nr, args, false, nil
+	}
+	if len(f) < 7 {
+		return 0, args, false, fmt.Errorf("syscall %q: short", b)
+	}
+	for i := range args {
+		if args[i], err = strconv.ParseUint(string(f[1+i]), 0, 64); err != nil {
+			return 0, args, false, fmt.Errorf("syscall %q: arg %d: %w", b, i+1, err)
+		}
+	}
+	return nr, args, true, nil
+}
+
+// epollTarget is one fd registered in an epoll instance.
+type epollTarget struct {
+	fd     int    // the fd number in the process that registered it
+	events uint32 // EPOLLIN, …
+	ino    uint64 // 0 when the kernel does not say
+}
+
+// parseEpollTargets parses the "tfd:" lines of an epoll instance's fdinfo:
+// "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x" (events and
+// ino in hex). Other lines, such as the instance's own "ino:\t1038"
+// (decimal), are skipped.
+func parseEpollTargets(b []byte) ([]epollTarget, error) {
+	var ts []epollTarget
+	for line := range bytes.Lines(b) {
+		if !bytes.HasPrefix(line, []byte("tfd:")) {
+			continue
+		}
+		var t epollTarget
+		var haveEvents bool
+		f := bytes.Fields(line)
+		for i := 0; i < len(f); i++ {
+			key, val, _ := bytes.Cut(f[i], []byte(":"))
+			if len(val) == 0 && i+1 < len(f) { // "key: value"
+				i++
+				val = f[i]
+			}
+			var err error
+			switch string(key) {
+			case "tfd":
+				t.fd, err = strconv.Atoi(string(val))
+			case "events":
+				var e uint64
+				e, err = strconv.ParseUint(string(val), 16, 32)
+				t.events, haveEvents = uint32(e), true
+			case "ino":
+				t.ino, err = strconv.ParseUint(string(val), 16, 64)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("epoll fdinfo %q: %s: %w", bytes.TrimSpace(line), key, err)
+			}
+		}
+		if !haveEvents {
+			return nil, fmt.Errorf("epoll fdinfo %q: no events", bytes.TrimSpace(line))
+		}
+		ts = append(ts, t)
+	}
+	return ts, nil
+}
+
+// parseSocketLink returns N from a /proc/PID/fd link "socket:[N]".
+func parseSocketLink(b []byte) (uint64, bool) {
+	s, ok := bytes.CutPrefix(b, []byte("socket:["))
+	if !ok {
+		return 0, false
+	}
+	s, ok = bytes.CutSuffix(s, []byte("]"))
+	if !ok {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(string(s), 10, 64)
+	return ino, err == nil
+}
