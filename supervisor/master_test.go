@@ -238,7 +238,7 @@ func getfl(t *testing.T, fd int) int {
 }
 
 // The socket's file status flags are the same before the first worker and
-// after 24 spawns and respawns: nothing calls Fd() on it, which would make
+// after 24 spawns and respawns and 3 reloads: nothing calls Fd() on it, which would make
 // it blocking/non-blocking behind an asyncio or libuv worker's back (DESIGN
 // §5: a uvicorn worker frozen in accept4).
 func TestSocketFlagsUnchangedAcrossSpawns(t *testing.T) {
@@ -258,8 +258,13 @@ func TestSocketFlagsUnchangedAcrossSpawns(t *testing.T) {
 		}
 	}
 	h.waitPool(4, gone)
+	for i := range 3 {
+		if r := h.call(Request{Command: "reload", Wait: true}); !r.OK {
+			t.Fatalf("reload %d: %s", i, r.Error)
+		}
+	}
 	if after := getfl(t, h.sock.RawFD()); after != before {
-		t.Fatalf("socket flags changed across %d spawns: %#o before, %#o after", len(gone)+4, before, after)
+		t.Fatalf("socket flags changed across %d spawns and 3 reloads: %#o before, %#o after", len(gone)+4, before, after)
 	}
 	if err := h.stop(); err != nil {
 		t.Fatal(err)

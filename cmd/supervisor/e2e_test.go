@@ -429,3 +429,47 @@ func TestNotifyFromTheWorkersGroup(t *testing.T) {
 	}
 	distinctWorkers(t, addr, 2)
 }
+
+// Under systemd (Type=notify-reload), the master says READY=1 once its
+// workers are ready, RELOADING=1 with MONOTONIC_USEC= on HUP, READY=1 when
+// the new generation serves, and STOPPING=1 on TERM; its workers never see
+// systemd's NOTIFY_SOCKET.
+func TestTellsSystemd(t *testing.T) {
+	addr := fmt.Sprintf("@supervisor-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	next := func(want string) string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := conn.Read(buf)
+			if err != nil {
+				t.Fatalf("waiting for %s from the master: %v", want, err)
+			}
+			if msg := string(buf[:n]); strings.Contains(msg, want) {
+				return msg
+			}
+		}
+	}
+	cmd := command("--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+addr)
+	p := startCmd(t, cmd)
+	next("READY=1")
+	httpAddr := p.ready()
+	if f := getFacts(t, httpAddr); f.NotifyAddr == "" || f.NotifyAddr == addr {
+		t.Errorf("worker's NOTIFY_SOCKET is %q, want the master's own, not systemd's %q", f.NotifyAddr, addr)
+	}
+	p.signal(syscall.SIGHUP)
+	msg := next("RELOADING=1")
+	if !strings.Contains(msg, "MONOTONIC_USEC=") {
+		t.Errorf("reload message %q has no MONOTONIC_USEC", msg)
+	}
+	next("READY=1")
+	p.signal(syscall.SIGTERM)
+	next("STOPPING=1")
+	p.wait(30 * time.Second)
+}

@@ -23,6 +23,7 @@ type contractFacts struct {
 	Slot         string `json:"slot"`
 	Generation   string `json:"generation"`
 	NotifySocket bool   `json:"notify_socket"`
+	NotifyAddr   string `json:"notify_addr"`
 	FD3Protocol  int    `json:"fd3_protocol"` // SO_PROTOCOL of fd 3: 6 is plain TCP
 	UID          int    `json:"uid"`
 	GID          int    `json:"gid"`
@@ -48,6 +49,7 @@ func newExampleAppCommand() *cobra.Command {
 				Slot:         os.Getenv("SUPERVISOR_WORKER_SLOT"),
 				Generation:   os.Getenv("SUPERVISOR_GENERATION"),
 				NotifySocket: os.Getenv("NOTIFY_SOCKET") != "",
+				NotifyAddr:   os.Getenv("NOTIFY_SOCKET"),
 				UID:          os.Getuid(),
 				GID:          os.Getgid(),
 			}

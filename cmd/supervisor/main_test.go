@@ -269,6 +269,7 @@ type facts struct {
 	Slot         string `json:"slot"`
 	Generation   string `json:"generation"`
 	NotifySocket bool   `json:"notify_socket"`
+	NotifyAddr   string `json:"notify_addr"`
 	FD3Protocol  int    `json:"fd3_protocol"`
 	UID          int    `json:"uid"`
 	GID          int    `json:"gid"`
