@@ -260,28 +260,13 @@ func get(url string) (string, error) {
 	return string(b), nil
 }
 
-// facts is the example app's /env answer.
-type facts struct {
-	Pid          int    `json:"pid"`
-	ListenPid    string `json:"listen_pid"`
-	ListenFds    string `json:"listen_fds"`
-	ListenNames  string `json:"listen_fdnames"`
-	Slot         string `json:"slot"`
-	Generation   string `json:"generation"`
-	NotifySocket bool   `json:"notify_socket"`
-	NotifyAddr   string `json:"notify_addr"`
-	FD3Protocol  int    `json:"fd3_protocol"`
-	UID          int    `json:"uid"`
-	GID          int    `json:"gid"`
-}
-
-func getFacts(t *testing.T, addr string) facts {
+func getFacts(t *testing.T, addr string) contractFacts {
 	t.Helper()
 	body, err := get("http://" + addr + "/env")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f facts
+	var f contractFacts
 	if err := json.Unmarshal([]byte(body), &f); err != nil {
 		t.Fatalf("decode %q: %v", body, err)
 	}
@@ -289,9 +274,9 @@ func getFacts(t *testing.T, addr string) facts {
 }
 
 // distinctWorkers asks until n different worker pids have answered.
-func distinctWorkers(t *testing.T, addr string, n int) map[int]facts {
+func distinctWorkers(t *testing.T, addr string, n int) map[int]contractFacts {
 	t.Helper()
-	seen := map[int]facts{}
+	seen := map[int]contractFacts{}
 	for i := 0; i < 500 && len(seen) < n; i++ {
 		f := getFacts(t, addr)
 		seen[f.Pid] = f
