@@ -1,0 +1,101 @@
+// Command reload measures zero-downtime reloads end to end. It runs the real
+// supervisor binary on 127.0.0.1 and drives it with vegeta at a fixed rate
+// (by default one new connection per request, so every request goes through
+// the shared accept queue). Per scenario it measures a steady phase, then a
+// reload phase of back-to-back reloads (each over once the workers it
+// replaced have exited), and prints requests, failures, p50/p99/max latency,
+// each reload's duration and outcome, and p99(reload)/p99(steady).
+//
+//	go build -o bin/supervisor ./cmd/supervisor
+//	go run ./bench/reload -bin bin/supervisor -workers 2 -rate 1000 -reloads 15
+//
+// Scenarios: plain (the example app), broken (a deploy whose new workers
+// exit 3 before ready: every reload rolls back, then a fixed deploy
+// succeeds), slow (--boot-delay 2s), uvicorn (unmodified, Debian's
+// python3-uvicorn; with keep-alive, then with a new connection per request).
+// Every master runs with --ready auto, the default.
+//
+// It exits non-zero when a request failed, except the resets by uvicorn's
+// own SIGTERM handling with a new connection per request (printed apart), when
+// a reload ended other than expected, or when a scenario could not run.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// options are the settings every scenario shares.
+type options struct {
+	bin, uvicornDir string // absolute
+	workers, rate   int    // rate: requests per second
+	reloads         int
+	steady          time.Duration
+	keepalive       bool // plain, broken and slow; uvicorn runs both ways
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin/supervisor", "the supervisor binary")
+	flag.IntVar(&o.workers, "workers", 2, "workers")
+	flag.IntVar(&o.rate, "rate", 1000, "requests per second")
+	flag.IntVar(&o.reloads, "reloads", 15, "reloads in the reload phase")
+	flag.DurationVar(&o.steady, "steady", 5*time.Second, "length of the steady phase")
+	which := flag.String("scenario", "all", "all, plain, broken, slow or uvicorn")
+	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
+	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
+	flag.Parse()
+	names := []string{"plain", "broken", "slow", "uvicorn"}
+	if *which != "all" {
+		names = slices.DeleteFunc(names, func(n string) bool { return n != *which })
+	}
+	var err error
+	if o.bin, err = filepath.Abs(o.bin); err == nil {
+		o.uvicornDir, err = filepath.Abs(o.uvicornDir)
+	}
+	if _, serr := os.Stat(o.bin); err == nil && serr != nil {
+		err = fmt.Errorf("%w (build it: go build -o bin/supervisor ./cmd/supervisor)", serr)
+	}
+	if err == nil && (len(names) == 0 || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0) {
+		err = fmt.Errorf("want -scenario all, plain, broken, slow or uvicorn, and positive -workers, -rate, -reloads, -steady")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reload:", err)
+		os.Exit(2)
+	}
+	tmp, err := os.MkdirTemp("", "bench-reload-") // the broken scenario's deploy
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reload:", err)
+		os.Exit(1)
+	}
+	defer os.RemoveAll(tmp)
+
+	fmt.Printf("go run ./bench/reload %s\n", strings.Join(os.Args[1:], " "))
+	fmt.Printf("%s/%s, %d CPUs, %s; %d workers, --ready auto, %d req/s, %d reloads, steady phase %s\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.workers, o.rate, o.reloads, o.steady)
+	problems := 0
+	for _, name := range names {
+		for _, sc := range scenariosNamed(name, o, tmp) {
+			res, err := run(sc, o)
+			if err != nil {
+				fmt.Printf("\n== %s ==\nPROBLEM: %v\n", sc.title, err)
+				problems++
+				continue
+			}
+			res.print(os.Stdout)
+			problems += len(res.problems())
+		}
+	}
+	if problems > 0 {
+		fmt.Printf("\nFAIL: %d problem(s) above\n", problems)
+		os.RemoveAll(tmp)
+		os.Exit(1)
+	}
+	fmt.Println("\nPASS: no request failed because of the supervisor; every reload ended as expected")
+}

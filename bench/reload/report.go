@@ -1,0 +1,174 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+// phase is what the requests of one phase came to.
+type phase struct {
+	latencies []time.Duration
+	errs      map[string]int // failures by error, client ports elided
+	order     []string       // errs' keys, first seen first
+}
+
+var clientPort = regexp.MustCompile(`:\d+->`)
+
+func (p *phase) add(r *vegeta.Result) {
+	p.latencies = append(p.latencies, r.Latency)
+	if e := clientPort.ReplaceAllString(r.Error, ":*->"); e != "" {
+		if p.errs[e]++; p.errs[e] == 1 {
+			p.order = append(p.order, e)
+		}
+	}
+}
+
+// count is the number of failures whose error which selects.
+func (p *phase) count(which func(string) bool) int {
+	n := 0
+	for e, c := range p.errs {
+		if which(e) {
+			n += c
+		}
+	}
+	return n
+}
+
+// quantile is the exact q-quantile of the latencies (nearest rank).
+func (p *phase) quantile(q float64) time.Duration {
+	if len(p.latencies) == 0 {
+		return 0
+	}
+	slices.Sort(p.latencies)
+	return p.latencies[max(0, min(int(q*float64(len(p.latencies))+0.5)-1, len(p.latencies)-1))]
+}
+
+// isReset: the server reset the connection or closed it unanswered.
+func isReset(e string) bool {
+	return strings.HasSuffix(e, "connection reset by peer") || strings.HasSuffix(e, ": EOF") ||
+		strings.HasSuffix(e, "server closed idle connection")
+}
+
+// result is one scenario's run.
+type result struct {
+	sc             scenario
+	o              options
+	load           string // the load average when it began
+	steady, reload *phase
+	reloads        []reloadResult
+}
+
+// counted reports whether a failure counts against the supervisor: all do
+// but resets, where the app resets connections on its own.
+func (res *result) counted(e string) bool { return !(res.sc.appResets && isReset(e)) }
+
+// problems lists what makes this run a failure.
+func (res *result) problems() []string {
+	var out []string
+	for name, p := range map[string]*phase{"steady": res.steady, "reload": res.reload} {
+		if n := p.count(res.counted); n > 0 {
+			out = append(out, fmt.Sprintf("%d failed requests in the %s phase", n, name))
+		}
+	}
+	for i, r := range res.reloads {
+		if r.outcome != r.expected {
+			out = append(out, fmt.Sprintf("reload %d (generation %d) %s, want %s %s", i+1, r.gen, r.outcome, r.expected, r.reason))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
+
+// print writes the run as plain text, fit for the README.
+func (res *result) print(w io.Writer) {
+	sc, conn := res.sc, "a new connection per request"
+	if sc.keepalive {
+		conn = "keep-alive"
+	}
+	fmt.Fprintf(w, "\n== %s (%s; load average %s) ==\n", sc.title, conn, res.load)
+	fmt.Fprintf(w, "%-7s %9s %7s %9s %9s %9s\n", "phase", "requests", "failed", "p50", "p99", "max")
+	phases := []*phase{res.steady, res.reload}
+	for i, p := range phases {
+		fmt.Fprintf(w, "%-7s %9d %7d %9s %9s %9s\n", []string{"steady", "reload"}[i], len(p.latencies),
+			p.count(res.counted), ms(p.quantile(0.50)), ms(p.quantile(0.99)), ms(p.quantile(1)))
+	}
+	printErrors(w, "failed", phases, res.counted)
+	if sc.appResets {
+		n := res.reload.count(isReset)
+		fmt.Fprintf(w, "NOT COUNTED ABOVE, the app's own shutdown behaviour: connections uvicorn accepted just before\n"+
+			"its SIGTERM, reset or closed unanswered: steady %d, reload %d (%.2f%% of the reload phase)\n",
+			res.steady.count(isReset), n, 100*float64(n)/float64(max(1, len(res.reload.latencies))))
+		printErrors(w, "app reset", phases, isReset)
+	}
+	res.printReloads(w)
+	if s := res.steady.quantile(0.99); s > 0 {
+		fmt.Fprintf(w, "p99 reload/steady: %.2f\n", float64(res.reload.quantile(0.99))/float64(s))
+	}
+	if sc.note != "" {
+		fmt.Fprintf(w, "note: %s\n", sc.note)
+	}
+	for _, p := range res.problems() {
+		fmt.Fprintf(w, "PROBLEM: %s\n", p)
+	}
+}
+
+// printErrors lists, per phase, the first three distinct errors that which
+// selects.
+func printErrors(w io.Writer, label string, phases []*phase, which func(string) bool) {
+	for i, p := range phases {
+		shown := 0
+		for _, e := range p.order {
+			if shown < 3 && which(e) {
+				fmt.Fprintf(w, "  %s, %s phase: %d× %s\n", label, []string{"steady", "reload"}[i], p.errs[e], e)
+				shown++
+			}
+		}
+	}
+}
+
+// printReloads writes the reloads by outcome, then each one's durations.
+func (res *result) printReloads(w io.Writer) {
+	var outcomes, each []string
+	var reason string // the first rollback's
+	took, drained := map[string][]time.Duration{}, map[string][]time.Duration{}
+	for _, r := range res.reloads {
+		if took[r.outcome] == nil {
+			outcomes = append(outcomes, r.outcome)
+		}
+		took[r.outcome] = append(took[r.outcome], r.took.Round(time.Millisecond))
+		drained[r.outcome] = append(drained[r.outcome], r.drained.Round(time.Millisecond))
+		each = append(each, fmt.Sprintf("%s/%s", r.took.Round(time.Millisecond), r.drained.Round(time.Millisecond)))
+		if r.outcome != "succeeded" {
+			each[len(each)-1] += " (" + r.outcome + ")"
+			reason = cmp.Or(reason, r.reason)
+		}
+	}
+	spread := func(d []time.Duration) string {
+		slices.Sort(d)
+		return fmt.Sprintf("min %s, median %s, max %s", d[0], d[len(d)/2], d[len(d)-1])
+	}
+	for _, o := range outcomes {
+		fmt.Fprintf(w, "reloads %s: %d; SIGHUP to outcome: %s; to replaced workers gone: %s\n",
+			o, len(took[o]), spread(took[o]), spread(drained[o]))
+	}
+	if reason != "" {
+		fmt.Fprintf(w, "first rollback's reason: %s\n", reason)
+	}
+	fmt.Fprint(w, "each reload, SIGHUP to outcome/to replaced workers gone:")
+	for i, e := range each {
+		if i%6 == 0 {
+			fmt.Fprint(w, "\n ")
+		}
+		fmt.Fprint(w, " ", e)
+	}
+	fmt.Fprintln(w)
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+)
+
+const (
+	stepTimeout = 2 * time.Minute // master start to ready; each step of a reload; SIGTERM to exit
+	python      = "/usr/bin/python3"
+)
+
+// scenario is one supervised app and how its reloads should end.
+type scenario struct {
+	name, title string
+	args        []string // master flags and the worker command, from "--"
+	keepalive   bool
+	appResets   bool   // resets are the app's own shutdown behaviour: reported apart
+	note        string // printed with the results
+	// breakDeploy, when set, breaks (true) or fixes (false) the command on
+	// disk; reloads while broken must roll back.
+	breakDeploy func(broken bool) error
+}
+
+// scenariosNamed returns the runs of the scenario called name.
+func scenariosNamed(name string, o options, tmp string) []scenario {
+	switch name {
+	case "plain":
+		return []scenario{{name: name, title: "plain: the example app",
+			args: []string{"--", o.bin, "example-app"}, keepalive: o.keepalive}}
+	case "broken":
+		script, marker := filepath.Join(tmp, "deploy.sh"), filepath.Join(tmp, "deploy-is-broken")
+		return []scenario{{name: name, title: "broken: a deploy whose new workers exit 3 before ready",
+			args: []string{"--", script}, keepalive: o.keepalive,
+			breakDeploy: func(broken bool) error {
+				if broken {
+					return os.WriteFile(marker, nil, 0o644)
+				}
+				if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+				// The deploy: a wrapper that execs the example app unless the marker exists.
+				return os.WriteFile(script, fmt.Appendf(nil, "#!/bin/sh\nif [ -e %q ]; then\n"+
+					"  echo \"broken deploy: $0 exits 3 while %s exists\" >&2\n  exit 3\nfi\nexec %q example-app\n",
+					marker, marker, o.bin), 0o755)
+			}}}
+	case "slow":
+		return []scenario{{name: name, title: "slow: the example app with --boot-delay 2s",
+			args: []string{"--", o.bin, "example-app", "--boot-delay", "2s"}, keepalive: o.keepalive}}
+	case "uvicorn":
+		args := []string{"--chdir", o.uvicornDir, "--", python, "-m", "uvicorn", "--fd", "3", "--no-access-log", "app:app"}
+		return []scenario{
+			{name: name, title: "uvicorn, keep-alive", args: args, keepalive: true,
+				note: "uvicorn --fd 3 takes the socket for AF_UNIX, so it never sets TCP_NODELAY: with keep-alive\n" +
+					"each answer (head and body sent apart) waits for the client's delayed ACK, ~40 ms, in both phases"},
+			{name: name, title: "uvicorn, a new connection per request", args: args, appResets: true},
+		}
+	}
+	return nil
+}
+
+// run starts the master for sc, measures a steady phase and a reload
+// phase, and stops the master. On error the master's log is kept.
+func run(sc scenario, o options) (*result, error) {
+	if sc.name == "uvicorn" {
+		if out, err := exec.Command(python, "-c", "import uvicorn").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("%s cannot import uvicorn (apt-get install python3-uvicorn): %v: %s", python, err, out)
+		}
+	}
+	if sc.breakDeploy != nil {
+		if err := sc.breakDeploy(false); err != nil {
+			return nil, err
+		}
+	}
+	args := append([]string{"--bind", "127.0.0.1:0", "--workers", strconv.Itoa(o.workers),
+		"--log-format", "json", "--ready", "auto"}, sc.args...)
+	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("bench-reload-%s-%d.log", sc.name, time.Now().UnixNano()))
+	m, err := startMaster(o.bin, args, logPath)
+	if err != nil {
+		return nil, err
+	}
+	res := &result{sc: sc, o: o, load: loadAverage()}
+	err = res.measure(m)
+	if serr := m.stop(stepTimeout); err == nil {
+		err = serr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w (master log: %s)", err, logPath)
+	}
+	os.Remove(logPath)
+	return res, nil
+}
+
+// measure runs both phases against a started master.
+func (res *result) measure(m *master) error {
+	addr, err := m.ready(stepTimeout)
+	if err != nil {
+		return err
+	}
+	sc, o := res.sc, res.o
+	_, steady := attack(addr, o.rate, sc.keepalive, o.steady)
+	res.steady = <-steady
+
+	stop, reload := attack(addr, o.rate, sc.keepalive, time.Duration(3*o.reloads+6)*stepTimeout) // bounded all the same
+	defer stop()
+	broken, n := sc.breakDeploy != nil, o.reloads
+	if broken {
+		n++ // and then the fixed deploy
+		if err := sc.breakDeploy(true); err != nil {
+			return err
+		}
+	}
+	for i := range n {
+		if broken && i == o.reloads {
+			broken = false
+			if err := sc.breakDeploy(false); err != nil {
+				return err
+			}
+		}
+		r, err := m.reload(stepTimeout)
+		if err != nil {
+			return err
+		}
+		if r.expected = "succeeded"; broken {
+			r.expected = "rolled back"
+		}
+		res.reloads = append(res.reloads, r)
+	}
+	stop()
+	res.reload = <-reload
+	return nil
+}
+
+// attack sends GET http://addr/ at rate per second for d, or until stop
+// (requests in flight complete; stop may be called again). done yields the
+// results once the attack is over.
+func attack(addr string, rate int, keepalive bool, d time.Duration) (stop func(), done <-chan *phase) {
+	atk := vegeta.NewAttacker(vegeta.KeepAlive(keepalive), vegeta.Timeout(10*time.Second), vegeta.MaxBody(4096))
+	target := vegeta.NewStaticTargeter(vegeta.Target{Method: "GET", URL: "http://" + addr + "/"})
+	results := atk.Attack(target, vegeta.Rate{Freq: rate, Per: time.Second}, d, "")
+	c := make(chan *phase, 1)
+	go func() {
+		p := &phase{errs: map[string]int{}}
+		for r := range results {
+			p.add(r)
+		}
+		c <- p
+	}()
+	return func() { atk.Stop() }, c
+}
+
+// loadAverage is the host's 1-minute load average, as /proc/loadavg says.
+func loadAverage() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	var s string
+	fmt.Sscan(string(b), &s)
+	return s
+}
