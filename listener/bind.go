@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,7 +27,17 @@ func bindTCP(a Addr) (*Socket, error) {
 			network = "tcp6"
 		}
 	}
-	var lc net.ListenConfig
+	// TCP_NODELAY on the listener is inherited by every accepted socket, as
+	// gunicorn and systemd's NoDelay= do: an app that takes fd 3 without
+	// setting it (uvicorn --fd treats it as a unix socket) would otherwise
+	// wait out the client's delayed ACK on each keep-alive answer (~40 ms).
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		})
+		return cmp.Or(err, serr)
+	}}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), network, a.Address)
 	if err != nil {

@@ -350,3 +350,29 @@ func TestOpenUnixExistingPath(t *testing.T) {
 		t.Errorf("missing directory: error = %v; want bind unix:...", err)
 	}
 }
+
+// TCP listeners have TCP_NODELAY, and accepted sockets inherit it, so an app
+// that never sets it (uvicorn --fd) does not wait for delayed ACKs.
+func TestOpenTCPNoDelay(t *testing.T) {
+	s := mustOpen(t, nil, Systemd{}, "127.0.0.1:0")[0]
+	if v, err := unix.GetsockoptInt(s.RawFD(), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+		t.Fatalf("listener TCP_NODELAY = %d, %v; want set", v, err)
+	}
+	c, err := net.DialTimeout("tcp", s.Addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pfd := []unix.PollFd{{Fd: int32(s.RawFD()), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 5000); err != nil || n != 1 {
+		t.Fatalf("no queued connection within 5s: %d, %v", n, err)
+	}
+	nfd, _, err := unix.Accept(s.RawFD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(nfd)
+	if v, err := unix.GetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+		t.Errorf("accepted socket TCP_NODELAY = %d, %v; want inherited from the listener", v, err)
+	}
+}

@@ -37,7 +37,8 @@ type options struct {
 	workers, rate   int    // rate: requests per second
 	reloads         int
 	steady          time.Duration
-	keepalive       bool // plain, broken and slow; uvicorn runs both ways
+	interval        time.Duration // a reload starts at most this often
+	keepalive       bool          // plain, broken and slow; uvicorn runs both ways
 }
 
 func main() {
@@ -47,6 +48,7 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 1000, "requests per second")
 	flag.IntVar(&o.reloads, "reloads", 15, "reloads in the reload phase")
 	flag.DurationVar(&o.steady, "steady", 5*time.Second, "length of the steady phase")
+	flag.DurationVar(&o.interval, "interval", time.Second, "start a reload at most this often (0: back to back)")
 	which := flag.String("scenario", "all", "all, plain, broken, slow or uvicorn")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
@@ -77,8 +79,8 @@ func main() {
 	defer os.RemoveAll(tmp)
 
 	fmt.Printf("go run ./bench/reload %s\n", strings.Join(os.Args[1:], " "))
-	fmt.Printf("%s/%s, %d CPUs, %s; %d workers, --ready auto, %d req/s, %d reloads, steady phase %s\n",
-		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.workers, o.rate, o.reloads, o.steady)
+	fmt.Printf("%s/%s, %d CPUs, %s; %d workers, --ready auto, %d req/s, %d reloads (at most one per %s), steady phase %s\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.workers, o.rate, o.reloads, o.interval, o.steady)
 	problems := 0
 	for _, name := range names {
 		for _, sc := range scenariosNamed(name, o, tmp) {

@@ -123,6 +123,7 @@ type reloadResult struct {
 	gen               int
 	outcome, expected string        // "succeeded" or "rolled back"
 	reason            string        // why it was rolled back
+	at                time.Time     // when SIGHUP was sent
 	took              time.Duration // SIGHUP to the outcome line
 	drained           time.Duration // SIGHUP to the exit of the last worker it stopped
 }
@@ -142,7 +143,7 @@ func (m *master) reload(timeout time.Duration) (reloadResult, error) {
 	if err != nil {
 		return reloadResult{}, err
 	}
-	r := reloadResult{gen: l.gen(), outcome: "succeeded"}
+	r := reloadResult{gen: l.gen(), outcome: "succeeded", at: began}
 	i, l, err = m.next(i+1, timeout, fmt.Sprintf("outcome of the reload to generation %d", r.gen), func(l logLine) bool {
 		return (l.msg() == "reload succeeded" || l.msg() == "reload failed; rolling back") && l.gen() == r.gen
 	})

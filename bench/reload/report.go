@@ -15,6 +15,7 @@ import (
 // phase is what the requests of one phase came to.
 type phase struct {
 	latencies []time.Duration
+	sent      []time.Time    // when each request was sent, in latencies' order until quantile sorts
 	errs      map[string]int // failures by error, client ports elided
 	order     []string       // errs' keys, first seen first
 }
@@ -23,11 +24,27 @@ var clientPort = regexp.MustCompile(`:\d+->`)
 
 func (p *phase) add(r *vegeta.Result) {
 	p.latencies = append(p.latencies, r.Latency)
+	p.sent = append(p.sent, r.Timestamp)
 	if e := clientPort.ReplaceAllString(r.Error, ":*->"); e != "" {
 		if p.errs[e]++; p.errs[e] == 1 {
 			p.order = append(p.order, e)
 		}
 	}
+}
+
+// during returns the requests of p sent while a reload was under way (from
+// SIGHUP until the workers it stopped had exited). Call it before quantile.
+func (p *phase) during(reloads []reloadResult) *phase {
+	in := &phase{errs: map[string]int{}}
+	for i, at := range p.sent {
+		for _, r := range reloads {
+			if !at.Before(r.at) && at.Before(r.at.Add(r.drained)) {
+				in.latencies = append(in.latencies, p.latencies[i])
+				break
+			}
+		}
+	}
+	return in
 }
 
 // count is the number of failures whose error which selects.
@@ -62,6 +79,7 @@ type result struct {
 	o              options
 	load           string // the load average when it began
 	steady, reload *phase
+	rollouts       *phase // the requests of reload sent during a rollout
 	reloads        []reloadResult
 }
 
@@ -101,6 +119,10 @@ func (res *result) print(w io.Writer) {
 		fmt.Fprintf(w, "%-7s %9d %7d %9s %9s %9s\n", []string{"steady", "reload"}[i], len(p.latencies),
 			p.count(res.counted), ms(p.quantile(0.50)), ms(p.quantile(0.99)), ms(p.quantile(1)))
 	}
+	if r := res.rollouts; r != nil && len(r.latencies) > 0 {
+		fmt.Fprintf(w, "%-7s %9d %7s %9s %9s %9s   (the reload phase's requests sent while a rollout was under way)\n", "rollout", len(r.latencies),
+			"-", ms(r.quantile(0.50)), ms(r.quantile(0.99)), ms(r.quantile(1)))
+	}
 	printErrors(w, "failed", phases, res.counted)
 	if sc.appResets {
 		n := res.reload.count(isReset)
@@ -111,7 +133,11 @@ func (res *result) print(w io.Writer) {
 	}
 	res.printReloads(w)
 	if s := res.steady.quantile(0.99); s > 0 {
-		fmt.Fprintf(w, "p99 reload/steady: %.2f\n", float64(res.reload.quantile(0.99))/float64(s))
+		fmt.Fprintf(w, "p99 reload/steady: %.2f", float64(res.reload.quantile(0.99))/float64(s))
+		if r := res.rollouts; r != nil && len(r.latencies) > 0 {
+			fmt.Fprintf(w, "; p99 rollout/steady: %.2f", float64(r.quantile(0.99))/float64(s))
+		}
+		fmt.Fprintln(w)
 	}
 	if sc.note != "" {
 		fmt.Fprintf(w, "note: %s\n", sc.note)

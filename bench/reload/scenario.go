@@ -123,10 +123,12 @@ func (res *result) measure(m *master) error {
 				return err
 			}
 		}
+		began := time.Now()
 		r, err := m.reload(stepTimeout)
 		if err != nil {
 			return err
 		}
+		time.Sleep(o.interval - time.Since(began)) // pacing: one reload per interval
 		if r.expected = "succeeded"; broken {
 			r.expected = "rolled back"
 		}
@@ -134,6 +136,7 @@ func (res *result) measure(m *master) error {
 	}
 	stop()
 	res.reload = <-reload
+	res.rollouts = res.reload.during(res.reloads)
 	return nil
 }
 
