@@ -57,8 +57,8 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 		args := []string{"--chdir", o.uvicornDir, "--", python, "-m", "uvicorn", "--fd", "3", "--no-access-log", "app:app"}
 		return []scenario{
 			{name: name, title: "uvicorn, keep-alive", args: args, keepalive: true,
-				note: "uvicorn --fd 3 takes the socket for AF_UNIX, so it never sets TCP_NODELAY: with keep-alive\n" +
-					"each answer (head and body sent apart) waits for the client's delayed ACK, ~40 ms, in both phases"},
+				note: "uvicorn --fd 3 never sets TCP_NODELAY itself; accepted sockets inherit it from the\n" +
+					"master's listener, or each keep-alive answer would wait ~40 ms for the client's delayed ACK"},
 			{name: name, title: "uvicorn, a new connection per request", args: args, appResets: true},
 		}
 	}
