@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -24,7 +22,10 @@ func (m *master) onCall(c Call) {
 	case "reload":
 		m.reload(c.Reply, c.Wait)
 	case "scale":
-		n, err := parseScale(c.Scale, m.cfg().Workers)
+		n, relative, err := ParseScale(c.Scale)
+		if relative {
+			n += m.cfg().Workers
+		}
 		if err == nil {
 			err = m.scale(n)
 		}
@@ -43,18 +44,6 @@ func (m *master) onCall(c Call) {
 	default:
 		c.Reply <- Response{Error: fmt.Sprintf("unknown command %q: want status, reload, scale or stop", c.Command)}
 	}
-}
-
-// parseScale reads "N", "+N" or "-N" against the current count.
-func parseScale(s string, current int) (int, error) {
-	n, err := strconv.Atoi(strings.TrimPrefix(s, "+"))
-	if err != nil || s == "" {
-		return 0, fmt.Errorf("scale %q: want N, +N or -N", s)
-	}
-	if strings.HasPrefix(s, "+") || strings.HasPrefix(s, "-") {
-		n += current
-	}
-	return n, nil
 }
 
 // onIntent acts on a signal (or the same request from the control socket).
