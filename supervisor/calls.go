@@ -96,7 +96,11 @@ func (m *master) scale(n int) error {
 		return fmt.Errorf("scale refused: a reload is under way (generation %d)", m.target)
 	}
 	c := *m.cfg()
-	c.Workers = n
+	surge, err := ResolveSurge(c.MaxSurge, n)
+	if err != nil {
+		return fmt.Errorf("scale to %d: %w", n, err)
+	}
+	c.Workers, c.Surge = n, surge
 	m.configs[m.stable] = &c
 	for slot := range m.restarts {
 		if slot >= n {

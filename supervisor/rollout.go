@@ -31,12 +31,14 @@ func (m *master) reload(reply chan Response, wait bool) {
 		respond(reply, Response{Error: "reload refused: the master is " + m.phase.String()})
 		return
 	}
+	// systemd (Type=notify-reload) waits for RELOADING=1, then READY=1.
+	m.tellSystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
 	cfg, socks, err := m.loadGeneration()
 	if err != nil {
 		msg := "reload failed, the running config stays in force: " + err.Error()
 		m.log.Error("reload failed", zap.Error(err))
 		m.lastReload = msg
-		m.tellSystemd("STATUS=" + msg)
+		m.tellSystemd("READY=1\nSTATUS=" + msg)
 		respond(reply, Response{Error: msg})
 		return
 	}
@@ -53,7 +55,6 @@ func (m *master) reload(reply chan Response, wait bool) {
 	clear(m.restarts)
 	clear(m.crashes)
 	m.log.Info("reload", zap.Int("generation", gen), zap.Int("workers", cfg.Workers), zap.Int("max_surge", cfg.Surge), zap.String("command", commandLine(cfg)))
-	m.tellSystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
 	switch {
 	case reply == nil:
 	case wait:
