@@ -161,7 +161,7 @@ func (m *master) status() Status {
 			ready++
 		}
 		pool = append(pool, WorkerInfo{Pid: w.proc.Pid, Slot: w.slot, Generation: w.gen, State: w.state.String(),
-			Started: w.proc.Started, Requests: w.requests, Status: w.status})
+			Started: w.proc.Started, Requests: w.requests, Status: w.status, RSS: w.rss, Recycle: w.due})
 	}
 	slices.SortFunc(pool, func(a, b WorkerInfo) int { return cmp.Or(a.Slot-b.Slot, a.Generation-b.Generation, a.Pid-b.Pid) })
 	return Status{Pid: os.Getpid(), Phase: m.phase.String(), Generation: m.stable, Target: m.target,

@@ -39,13 +39,25 @@ type Config struct {
 	ReadyTimeout    time.Duration `yaml:"ready_timeout"`
 	ReadyDelay      time.Duration `yaml:"ready_delay"`
 	Env             []string      `yaml:"env"`
-	Chdir           string        `yaml:"chdir"`
-	User            string        `yaml:"user"`
-	Group           string        `yaml:"group"`
-	PidFile         string        `yaml:"pid"`
-	Control         string        `yaml:"control"` // control socket; "": the caller picks one
-	LogLevel        string        `yaml:"log_level"`
-	LogFormat       string        `yaml:"log_format"`
+	// Recycling (0: off): a worker is replaced, replacement first, after
+	// MaxRequests+rand[0,MaxRequestsJitter] requests (its X_REQUESTS
+	// reports), after MaxLifetime+rand[0,MaxLifetimeJitter], or once its
+	// process group's RSS passes MaxMemory ("512MiB").
+	MaxRequests       int           `yaml:"max_requests"`
+	MaxRequestsJitter int           `yaml:"max_requests_jitter"`
+	MaxLifetime       time.Duration `yaml:"max_lifetime"`
+	MaxLifetimeJitter time.Duration `yaml:"max_lifetime_jitter"`
+	MaxMemory         string        `yaml:"max_memory"`
+	// Timeout is the heartbeat (0: off): a ready worker silent (no
+	// WATCHDOG=1) for longer is killed and replaced.
+	Timeout   time.Duration `yaml:"timeout"`
+	Chdir     string        `yaml:"chdir"`
+	User      string        `yaml:"user"`
+	Group     string        `yaml:"group"`
+	PidFile   string        `yaml:"pid"`
+	Control   string        `yaml:"control"` // control socket; "": the caller picks one
+	LogLevel  string        `yaml:"log_level"`
+	LogFormat string        `yaml:"log_format"`
 }
 
 // Defaults returns the settings used for anything not given; they follow
@@ -68,6 +80,7 @@ type Resolved struct {
 	Config
 	Path       string              // the command's executable, resolved
 	Surge      int                 // MaxSurge resolved against Workers: at least 1
+	MaxRSS     int64               // MaxMemory in bytes; 0: no limit
 	Addrs      []listener.Addr     // parsed Bind
 	StopSig    syscall.Signal      // parsed StopSignal
 	Credential *syscall.Credential // nil: run workers as the master's user
@@ -90,13 +103,23 @@ func (c Config) Validate() (*Resolved, error) {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"--graceful-timeout", c.GracefulTimeout}, {"--shutdown-delay", c.ShutdownDelay}, {"--ready-timeout", c.ReadyTimeout}, {"--ready-delay", c.ReadyDelay}} {
+	}{{"--graceful-timeout", c.GracefulTimeout}, {"--shutdown-delay", c.ShutdownDelay}, {"--ready-timeout", c.ReadyTimeout}, {"--ready-delay", c.ReadyDelay},
+		{"--max-lifetime", c.MaxLifetime}, {"--max-lifetime-jitter", c.MaxLifetimeJitter}, {"--timeout", c.Timeout}} {
 		if d.v < 0 {
 			return nil, fmt.Errorf("%s %s: must not be negative", d.name, d.v)
 		}
 	}
 	if c.ReadyTimeout == 0 {
 		return nil, errors.New("--ready-timeout 0s: must be positive, e.g. 60s")
+	}
+	if c.MaxRequests < 0 || c.MaxRequestsJitter < 0 {
+		return nil, fmt.Errorf("--max-requests %d, --max-requests-jitter %d: must not be negative (0 turns recycling by requests off)", c.MaxRequests, c.MaxRequestsJitter)
+	}
+	if c.Timeout > 0 && c.Timeout < 10*time.Millisecond {
+		return nil, fmt.Errorf("--timeout %s: too short for a heartbeat: use at least 10ms, e.g. 30s", c.Timeout)
+	}
+	if r.MaxRSS, err = ParseSize(c.MaxMemory); err != nil {
+		return nil, err
 	}
 	switch c.Ready {
 	case ReadyAuto, ReadyNotify, ReadyListen, ReadyDelay:
@@ -251,4 +274,21 @@ var signalNames = map[syscall.Signal]string{
 	syscall.SIGUSR1: "USR1", syscall.SIGUSR2: "USR2", syscall.SIGTERM: "TERM", syscall.SIGWINCH: "WINCH",
 	syscall.SIGABRT: "ABRT", syscall.SIGALRM: "ALRM", syscall.SIGCONT: "CONT", syscall.SIGSTOP: "STOP",
 	syscall.SIGTSTP: "TSTP", syscall.SIGTTIN: "TTIN", syscall.SIGTTOU: "TTOU", syscall.SIGPWR: "PWR",
+}
+
+// ParseSize reads a --max-memory value: bytes, or a number with K, M, G
+// (powers of 1024, also written KiB, MiB, GiB, KB, MB, GB). "" is 0 (off).
+func ParseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	num := strings.TrimRight(s, "KMGiBkmgb")
+	unit := strings.ToUpper(strings.TrimSpace(s[len(num):]))
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	mult := map[string]float64{"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10,
+		"M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}[unit]
+	if err != nil || mult == 0 || n <= 0 || n*mult > 1<<62 {
+		return 0, fmt.Errorf("--max-memory %q: want a size like 512MiB, 2G or 300000000", s)
+	}
+	return int64(n * mult), nil
 }

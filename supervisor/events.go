@@ -71,11 +71,17 @@ func (m *master) onNotify(n workers.Notification) {
 	if n.Msg.HasStatus {
 		w.status = n.Msg.Status
 	}
-	if n.Msg.HasRequests {
-		w.requests = n.Msg.Requests
-	}
 	if n.Msg.Ready && w.state == wStarting {
 		m.markReady(w)
+	}
+	if n.Msg.Watchdog && w.state == wReady && w.cfg.Timeout > 0 {
+		w.deadline = m.now().Add(w.cfg.Timeout)
+	}
+	if n.Msg.HasRequests {
+		w.requests = n.Msg.Requests
+		if w.maxRequests > 0 && w.requests >= w.maxRequests {
+			m.recycle(w, recycleRequests, zap.Int64("requests", w.requests), zap.Int64("limit", w.maxRequests))
+		}
 	}
 	if n.Msg.Stopping && w.state != wStopping {
 		// Leaving on its own: its slot is free, so step replaces it now.
@@ -89,6 +95,9 @@ func (m *master) markReady(w *worker) {
 	now := m.now()
 	w.setState(wReady)
 	w.readyAt, w.deadline = now, time.Time{}
+	if w.cfg.Timeout > 0 {
+		w.deadline = now.Add(w.cfg.Timeout) // the heartbeat starts
+	}
 	m.log.Info("worker ready", append(w.fields(), zap.Duration("boot", now.Sub(w.proc.Started)))...)
 	cfg := m.cfg()
 	if m.phase != booting || m.countReady(m.target) < cfg.Workers {
@@ -110,16 +119,22 @@ func (m *master) onTick(now time.Time) {
 		m.drainUntil = time.Time{}
 		m.stopAll(m.cfg().StopSig, m.cfg().GracefulTimeout)
 	}
+	m.sampleMemory(now)
 	for slot, at := range m.restarts {
 		if !now.Before(at) {
 			delete(m.restarts, slot) // step starts it
 		}
 	}
 	for _, w := range m.workers {
+		if w.state == wReady && !w.retireAt.IsZero() && !now.Before(w.retireAt) {
+			m.recycle(w, recycleLifetime, zap.Duration("age", now.Sub(w.proc.Started)))
+		}
 		if w.deadline.IsZero() || now.Before(w.deadline) {
 			continue
 		}
 		switch w.state {
+		case wReady:
+			m.missedHeartbeat(w)
 		case wStarting:
 			if w.cfg.Ready == ReadyDelay {
 				m.markReady(w)
@@ -132,6 +147,16 @@ func (m *master) onTick(now time.Time) {
 			w.deadline = time.Time{}
 		}
 	}
+}
+
+// missedHeartbeat handles a ready worker silent for longer than its
+// timeout: SIGABRT to its group (a stack dump from most runtimes), SIGKILL
+// after fastGrace, and it counts as failed, so it is replaced.
+func (m *master) missedHeartbeat(w *worker) {
+	reason := fmt.Sprintf("worker %d (pid %d) sent no WATCHDOG=1 for %s: %s (--timeout)", w.slot, w.proc.Pid, w.cfg.Timeout, commandLine(w.cfg))
+	m.log.Warn("worker missed its heartbeat; killing it", append(w.fields(), zap.Duration("timeout", w.cfg.Timeout))...)
+	m.stop(w, syscall.SIGABRT, fastGrace)
+	m.workerFailed(w.slot, w.gen, reason, m.now().Sub(w.proc.Started), w.fields())
 }
 
 // notReady handles a worker that missed its ready deadline: it is stopped,

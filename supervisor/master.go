@@ -36,8 +36,10 @@ type master struct {
 	notify  string // NOTIFY_SOCKET for workers
 	reaper  *signals.Reaper
 	exited  chan workers.Exit
-	seen    chan listenSeen // from watchListen
-	inodes  map[int]uint64  // socket fd -> inode, for listen readiness
+	seen    chan listenSeen    // from watchListen
+	rss     chan map[int]int64 // from sampleMemory, buffered 1
+	rand    func(int64) int64  // uniform in [0, n): recycling jitter
+	inodes  map[int]uint64     // socket fd -> inode, for listen readiness
 	now     func() time.Time
 	started time.Time
 
@@ -61,7 +63,9 @@ type master struct {
 	restarts   map[int]time.Time
 	crashes    map[int]int // consecutive crashes per slot
 	drainUntil time.Time
-	failure    error // why the master gives up; returned by Run
+	nextSample time.Time // next RSS sample, when max_memory is set
+	sampling   bool      // an RSS sample is under way
+	failure    error     // why the master gives up; returned by Run
 }
 
 // loop runs until every worker is gone after a stop, and returns the reason
@@ -87,6 +91,8 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 			m.onCall(c)
 		case s := <-m.seen:
 			m.onListenSeen(s)
+		case rss := <-m.rss:
+			m.onRSS(rss)
 		case <-tick:
 		}
 		m.onTick(m.now())
@@ -97,9 +103,12 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 
 // nextDeadline is the earliest time the loop must wake without an event.
 func (m *master) nextDeadline() (time.Time, bool) {
-	ts := []time.Time{m.drainUntil}
+	ts := []time.Time{m.drainUntil, m.nextSample}
 	for _, w := range m.workers {
 		ts = append(ts, w.deadline)
+		if w.state == wReady && w.due == "" {
+			ts = append(ts, w.retireAt)
+		}
 	}
 	for _, at := range m.restarts {
 		ts = append(ts, at)
@@ -121,11 +130,12 @@ func (m *master) start(slot, gen int) {
 		names[i], fds[i] = s.Name, s.RawFD()
 	}
 	p, err := workers.Start(workers.Spec{
-		Path:       cfg.Path,
-		Args:       cfg.Command,
-		Shim:       m.opts.Shim,
-		Dir:        cfg.Chdir,
-		Env:        workers.Env(os.Environ(), cfg.Env, workers.Contract{Names: names, NotifySocket: m.notify, Slot: slot, Generation: gen}),
+		Path: cfg.Path,
+		Args: cfg.Command,
+		Shim: m.opts.Shim,
+		Dir:  cfg.Chdir,
+		Env: workers.Env(os.Environ(), cfg.Env, workers.Contract{Names: names, NotifySocket: m.notify,
+			Slot: slot, Generation: gen, Watchdog: cfg.Timeout}),
 		Sockets:    fds,
 		Stdout:     m.opts.Stdout,
 		Stderr:     m.opts.Stderr,
@@ -142,6 +152,10 @@ func (m *master) start(slot, gen int) {
 	w.deadline = p.Started.Add(cfg.ReadyTimeout)
 	if cfg.Ready == ReadyDelay {
 		w.deadline = p.Started.Add(cfg.ReadyDelay)
+	}
+	m.setLimits(w)
+	if cfg.MaxRSS > 0 && m.nextSample.IsZero() {
+		m.nextSample = p.Started.Add(memCheckEvery)
 	}
 	m.workers[p.Pid] = w
 	m.log.Info("worker started", append(w.fields(), zap.String("ready", cfg.Ready))...)
@@ -168,7 +182,7 @@ func (m *master) step() {
 		p.scheduled[s] = true
 	}
 	for _, w := range m.workers {
-		p.workers = append(p.workers, wview{pid: w.proc.Pid, slot: w.slot, gen: w.gen, state: w.state})
+		p.workers = append(p.workers, wview{pid: w.proc.Pid, slot: w.slot, gen: w.gen, state: w.state, due: w.due != "", born: w.proc.Started})
 	}
 	pl := planPool(p)
 	for _, pid := range pl.stop {

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"cmp"
 	"slices"
+	"time"
 )
 
 // wview is what the pool plan needs to know of one worker.
@@ -11,6 +12,8 @@ type wview struct {
 	slot  int
 	gen   int
 	state wstate
+	due   bool // due for recycling: replaced like an old generation's worker
+	born  time.Time
 }
 
 // pool is the input of planPool: the workers and what is wanted of them.
@@ -34,14 +37,16 @@ type plan struct {
 // the target generation, never going below `want` ready workers (old ones
 // count) and never above want+surge processes (invariants 1-2):
 //  1. target workers in slots >= want (after a scale down) stop;
-//  2. old workers that are not ready stop at once: they add no capacity;
+//  2. old workers (of another generation, or due for recycling) that are
+//     not ready stop at once: they add no capacity;
 //  3. old ready workers stop one by one while the ready count stays at or
 //     above want without them — and, in a canary rollout, only once a
 //     target worker is ready; those whose slot a ready target worker holds
 //     go first, then the highest slot, then the oldest generation;
-//  4. free target slots (no live target worker, no backoff) get a worker,
-//     lowest first, while the process count allows, and in a canary
-//     rollout only one until a target worker is ready.
+//  4. free target slots (no live target worker, no backoff) get a worker
+//     while the process count allows, and in a canary rollout only one
+//     until a target worker is ready: empty slots first (lost capacity),
+//     then those whose old worker is the oldest, then the lowest.
 func planPool(p pool) plan {
 	var out plan
 	procs := len(p.workers)
@@ -54,7 +59,7 @@ func planPool(p pool) plan {
 		case w.state == wStopping:
 		case w.gen == p.target && w.slot >= p.want:
 			out.stop = append(out.stop, w.pid)
-		case w.gen == p.target:
+		case w.gen == p.target && !w.due:
 			liveT++
 			held[w.slot] = true
 			if w.state == wReady {
@@ -83,10 +88,35 @@ func planPool(p pool) plan {
 			oldReady = oldReady[1:]
 		}
 	}
-	for s := 0; s < p.want; s++ {
-		if held[s] || p.scheduled[s] {
-			continue
+	occupied := map[int]time.Time{} // slot -> birth of its oldest old worker
+	for _, w := range p.workers {
+		if w.state != wStopping && (w.gen != p.target || w.due) {
+			if b, ok := occupied[w.slot]; !ok || w.born.Before(b) {
+				occupied[w.slot] = w.born
+			}
 		}
+	}
+	var free []int
+	for s := 0; s < p.want; s++ {
+		if !held[s] && !p.scheduled[s] {
+			free = append(free, s)
+		}
+	}
+	slices.SortStableFunc(free, func(a, b int) int {
+		ba, oa := occupied[a]
+		bb, ob := occupied[b]
+		switch {
+		case oa != ob:
+			if ob {
+				return -1
+			}
+			return 1
+		case oa:
+			return ba.Compare(bb)
+		}
+		return 0
+	})
+	for _, s := range free {
 		if procs >= p.want+p.surge || (p.canary && readyT == 0 && liveT > 0) {
 			break
 		}

@@ -4,12 +4,17 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestPlanPool(t *testing.T) {
 	r, s, st := wReady, wStarting, wStopping
 	w := func(pid, slot, gen int, state wstate) wview {
 		return wview{pid: pid, slot: slot, gen: gen, state: state}
+	}
+	// d is a worker due for recycling, born at second born.
+	d := func(pid, slot, gen int, state wstate, born int64) wview {
+		return wview{pid: pid, slot: slot, gen: gen, state: state, due: true, born: time.Unix(born, 0)}
 	}
 	for _, tc := range []struct {
 		name  string
@@ -48,6 +53,14 @@ func TestPlanPool(t *testing.T) {
 		{"a reload to fewer workers keeps want ready",
 			pool{workers: []wview{w(10, 0, 1, r), w(11, 1, 1, r), w(12, 2, 1, r), w(13, 3, 1, r), w(20, 0, 2, r)}, target: 2, want: 2, surge: 1, canary: true},
 			nil, []int{10, 13, 12}},
+		{"a worker due for recycling is replaced first, then stopped",
+			pool{workers: []wview{d(10, 0, 1, r, 1), w(11, 1, 1, r)}, target: 1, want: 2, surge: 1}, []int{0}, nil},
+		{"once its replacement is ready the due worker stops",
+			pool{workers: []wview{d(10, 0, 1, r, 1), w(11, 1, 1, r), w(12, 0, 1, r)}, target: 1, want: 2, surge: 1}, nil, []int{10}},
+		{"two due with surge 1: one at a time, the oldest first",
+			pool{workers: []wview{d(10, 0, 1, r, 5), d(11, 1, 1, r, 2)}, target: 1, want: 2, surge: 1}, []int{1}, nil},
+		{"an empty slot before a due one",
+			pool{workers: []wview{d(10, 0, 1, r, 1)}, target: 1, want: 2, surge: 1}, []int{1, 0}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := planPool(tc.p)

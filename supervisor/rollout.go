@@ -146,7 +146,7 @@ func (m *master) settle() {
 	for _, w := range m.workers {
 		switch {
 		case w.state == wStopping:
-		case w.gen != m.target || w.state != wReady:
+		case w.gen != m.target || w.state != wReady || w.due != "":
 			return
 		default:
 			ready++

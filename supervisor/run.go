@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"time"
@@ -52,6 +53,8 @@ func Run(cfg *Resolved, opts Options) error {
 		log:        opts.Log,
 		exited:     make(chan workers.Exit, 64),
 		seen:       make(chan listenSeen),
+		rss:        make(chan map[int]int64, 1),
+		rand:       mrand.Int64N,
 		inodes:     map[int]uint64{},
 		now:        time.Now,
 		configs:    map[int]*Resolved{1: cfg},

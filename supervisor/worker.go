@@ -29,12 +29,20 @@ type worker struct {
 	state   wstate
 	readyAt time.Time
 	// deadline: while starting, when it must be ready (or, with --ready
-	// delay, when it counts as ready); while stopping, when its group gets
-	// SIGKILL (zero once sent).
+	// delay, when it counts as ready); while ready with a heartbeat, when
+	// it must have sent WATCHDOG=1 again; while stopping, when its group
+	// gets SIGKILL (zero once sent).
 	deadline time.Time
 	status   string
 	requests int64
+	rss      int64         // its process group's RSS at the last sample
 	unwatch  chan struct{} // closed to end its listen watch; nil when none
+
+	// Recycling: limits drawn at spawn (0 / zero time: none), and why it
+	// is due for replacement ("" while it is not).
+	maxRequests int64
+	retireAt    time.Time
+	due         string
 }
 
 // setState moves the worker to s; leaving wStarting ends its listen watch.
@@ -64,6 +72,8 @@ type WorkerInfo struct {
 	Generation int       `json:"generation"`
 	State      string    `json:"state"` // starting, ready or stopping
 	Started    time.Time `json:"started"`
-	Requests   int64     `json:"requests"`         // last X_REQUESTS
-	Status     string    `json:"status,omitempty"` // last STATUS=
+	Requests   int64     `json:"requests"`          // last X_REQUESTS
+	RSS        int64     `json:"rss,omitempty"`     // process group RSS, when max_memory is set
+	Recycle    string    `json:"recycle,omitempty"` // why it is being replaced
+	Status     string    `json:"status,omitempty"`  // last STATUS=
 }

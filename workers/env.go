@@ -3,6 +3,7 @@ package workers
 import (
 	"strconv"
 	"strings"
+	"time"
 )
 
 // inheritedOnly are variables a supervisor's own parent (systemd, a previous
@@ -19,11 +20,13 @@ type Contract struct {
 	NotifySocket string   // the master's notify socket address
 	Slot         int
 	Generation   int
+	Watchdog     time.Duration // the heartbeat; 0: none (no WATCHDOG_USEC)
 }
 
 // Env builds a worker's environment: base without the inheritedOnly
 // variables, then extra ("K=V", overriding base), then the contract
-// variables. LISTEN_PID is left to the exec shim, which alone knows the pid.
+// variables. LISTEN_PID (and WATCHDOG_PID) are left to the exec shim,
+// which alone knows the pid.
 func Env(base, extra []string, c Contract) []string {
 	env := make([]string, 0, len(base)+len(extra)+5)
 	keep := func(kv string) bool {
@@ -57,6 +60,9 @@ func Env(base, extra []string, c Contract) []string {
 		"SUPERVISOR_WORKER_SLOT="+strconv.Itoa(c.Slot),
 		"SUPERVISOR_GENERATION="+strconv.Itoa(c.Generation),
 	)
+	if c.Watchdog > 0 {
+		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(c.Watchdog.Microseconds(), 10))
+	}
 	return env
 }
 

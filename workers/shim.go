@@ -13,8 +13,9 @@ const ShimArg = "__exec-shim"
 
 // RunShim is the exec shim (DESIGN §5: Go cannot run code between fork and
 // exec). It runs in the worker's own process, already in its process group,
-// with its credentials and parent-death signal: it sets LISTEN_PID to its own
-// pid, which execve keeps, and replaces itself with PATH. args is
+// with its credentials and parent-death signal: it sets LISTEN_PID (and,
+// with a heartbeat, WATCHDOG_PID) to its own pid, which execve keeps, and
+// replaces itself with PATH. args is
 // [PATH, ARGV0, ARGS...]. It returns only on failure, with exit code 127
 // after printing why to stderr.
 func RunShim(args []string) int {
@@ -22,7 +23,11 @@ func RunShim(args []string) int {
 		fmt.Fprintln(os.Stderr, "supervisor: exec shim: want PATH ARGV0 [ARGS...]")
 		return 127
 	}
-	env := append(os.Environ(), "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	pid := strconv.Itoa(os.Getpid())
+	env := append(os.Environ(), "LISTEN_PID="+pid)
+	if os.Getenv("WATCHDOG_USEC") != "" {
+		env = append(env, "WATCHDOG_PID="+pid)
+	}
 	err := syscall.Exec(args[0], args[1:], env)
 	fmt.Fprintf(os.Stderr, "supervisor: exec %s: %v\n", args[0], err)
 	return 127
