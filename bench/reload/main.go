@@ -33,12 +33,15 @@ import (
 
 // options are the settings every scenario shares.
 type options struct {
-	bin, uvicornDir string // absolute
-	workers, rate   int    // rate: requests per second
-	reloads         int
-	steady          time.Duration
-	interval        time.Duration // a reload starts at most this often
-	keepalive       bool          // plain, broken and slow; uvicorn runs both ways
+	bin, uvicornDir   string // absolute
+	workers, rate     int    // rate: requests per second
+	reloads           int
+	steady            time.Duration
+	interval          time.Duration // a reload starts at most this often
+	recycleFor        time.Duration // length of the recycle scenario's phase
+	maxRequests       int           // recycle scenario: max_requests
+	maxRequestsJitter int           // recycle scenario: max_requests_jitter
+	keepalive         bool          // plain, broken and slow; uvicorn runs both ways
 }
 
 func main() {
@@ -48,12 +51,15 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 1000, "requests per second")
 	flag.IntVar(&o.reloads, "reloads", 15, "reloads in the reload phase")
 	flag.DurationVar(&o.steady, "steady", 5*time.Second, "length of the steady phase")
+	flag.DurationVar(&o.recycleFor, "recycle-for", 30*time.Second, "length of the recycle scenario's phase")
+	flag.IntVar(&o.maxRequests, "max-requests", 200, "recycle scenario: max_requests")
+	flag.IntVar(&o.maxRequestsJitter, "max-requests-jitter", 50, "recycle scenario: max_requests_jitter")
 	flag.DurationVar(&o.interval, "interval", time.Second, "start a reload at most this often (0: back to back)")
-	which := flag.String("scenario", "all", "all, plain, broken, slow or uvicorn")
+	which := flag.String("scenario", "all", "all, plain, broken, slow, recycle or uvicorn")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
 	flag.Parse()
-	names := []string{"plain", "broken", "slow", "uvicorn"}
+	names := []string{"plain", "broken", "slow", "recycle", "uvicorn"}
 	if *which != "all" {
 		names = slices.DeleteFunc(names, func(n string) bool { return n != *which })
 	}
@@ -65,7 +71,7 @@ func main() {
 		err = fmt.Errorf("%w (build it: go build -o bin/supervisor ./cmd/supervisor)", serr)
 	}
 	if err == nil && (len(names) == 0 || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0) {
-		err = fmt.Errorf("want -scenario all, plain, broken, slow or uvicorn, and positive -workers, -rate, -reloads, -steady")
+		err = fmt.Errorf("want -scenario all, plain, broken, slow, recycle or uvicorn, and positive -workers, -rate, -reloads, -steady")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reload:", err)

@@ -105,6 +105,18 @@ func (m *master) next(from int, timeout time.Duration, what string, match func(l
 	}
 }
 
+// count is how many of the master's lines from index from on match.
+func (m *master) count(from int, match func(logLine) bool) (n, end int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range m.lines[min(from, len(m.lines)):] {
+		if match(l) {
+			n++
+		}
+	}
+	return n, len(m.lines)
+}
+
 func msgIs(msg string) func(logLine) bool { return func(l logLine) bool { return l.msg() == msg } }
 
 // ready waits until every worker is ready and returns the listening address.

@@ -80,6 +80,7 @@ type result struct {
 	load           string // the load average when it began
 	steady, reload *phase
 	rollouts       *phase // the requests of reload sent during a rollout
+	recycles       int    // recycle scenario: workers recycled in the reload phase
 	reloads        []reloadResult
 }
 
@@ -94,6 +95,9 @@ func (res *result) problems() []string {
 		if n := p.count(res.counted); n > 0 {
 			out = append(out, fmt.Sprintf("%d failed requests in the %s phase", n, name))
 		}
+	}
+	if res.sc.recycle != nil && res.recycles == 0 {
+		out = append(out, "no worker was recycled")
 	}
 	for i, r := range res.reloads {
 		if r.outcome != r.expected {
@@ -131,7 +135,11 @@ func (res *result) print(w io.Writer) {
 			res.steady.count(isReset), n, 100*float64(n)/float64(max(1, len(res.reload.latencies))))
 		printErrors(w, "app reset", phases, isReset)
 	}
-	res.printReloads(w)
+	if sc.recycle != nil {
+		fmt.Fprintf(w, "the \"reload\" phase is the recycling phase: %d workers recycled in it, replacement first\n", res.recycles)
+	} else {
+		res.printReloads(w)
+	}
 	if s := res.steady.quantile(0.99); s > 0 {
 		fmt.Fprintf(w, "p99 reload/steady: %.2f", float64(res.reload.quantile(0.99))/float64(s))
 		if r := res.rollouts; r != nil && len(r.latencies) > 0 {

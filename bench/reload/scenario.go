@@ -26,6 +26,10 @@ type scenario struct {
 	// breakDeploy, when set, breaks (true) or fixes (false) the command on
 	// disk; reloads while broken must roll back.
 	breakDeploy func(broken bool) error
+	// recycle, when set, turns recycling on with a reload (writing the
+	// config file the master reads) and measures the recycling phase
+	// instead of a series of reloads.
+	recycle func() error
 }
 
 // scenariosNamed returns the runs of the scenario called name.
@@ -53,6 +57,16 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 	case "slow":
 		return []scenario{{name: name, title: "slow: the example app with --boot-delay 2s",
 			args: []string{"--", o.bin, "example-app", "--boot-delay", "2s"}, keepalive: o.keepalive}}
+	case "recycle":
+		cfg := filepath.Join(tmp, "recycle.yaml")
+		if err := os.WriteFile(cfg, []byte("max_requests: 0\n"), 0o644); err != nil {
+			return nil
+		}
+		return []scenario{{name: name, title: fmt.Sprintf("recycle: the example app, max_requests %d, jitter %d, for %s", o.maxRequests, o.maxRequestsJitter, o.recycleFor),
+			args: []string{"--config", cfg, "--", o.bin, "example-app"}, keepalive: o.keepalive,
+			recycle: func() error {
+				return os.WriteFile(cfg, fmt.Appendf(nil, "max_requests: %d\nmax_requests_jitter: %d\n", o.maxRequests, o.maxRequestsJitter), 0o644)
+			}}}
 	case "uvicorn":
 		args := []string{"--chdir", o.uvicornDir, "--", python, "-m", "uvicorn", "--fd", "3", "--no-access-log", "app:app"}
 		return []scenario{
@@ -107,6 +121,9 @@ func (res *result) measure(m *master) error {
 	_, steady := attack(addr, o.rate, sc.keepalive, o.steady)
 	res.steady = <-steady
 
+	if sc.recycle != nil {
+		return res.measureRecycling(m, addr)
+	}
 	stop, reload := attack(addr, o.rate, sc.keepalive, time.Duration(3*o.reloads+6)*stepTimeout) // bounded all the same
 	defer stop()
 	broken, n := sc.breakDeploy != nil, o.reloads
@@ -137,6 +154,25 @@ func (res *result) measure(m *master) error {
 	stop()
 	res.reload = <-reload
 	res.rollouts = res.reload.during(res.reloads)
+	return nil
+}
+
+// measureRecycling turns recycling on with one reload, then attacks for
+// o.recycleFor and counts the recycles the master logged meanwhile.
+func (res *result) measureRecycling(m *master, addr string) error {
+	if err := res.sc.recycle(); err != nil {
+		return err
+	}
+	r, err := m.reload(stepTimeout)
+	if err != nil {
+		return err
+	}
+	r.expected = "succeeded"
+	res.reloads = append(res.reloads, r)
+	_, from := m.count(0, func(logLine) bool { return false })
+	_, phase := attack(addr, res.o.rate, res.sc.keepalive, res.o.recycleFor)
+	res.reload = <-phase
+	res.recycles, _ = m.count(from, msgIs("recycling worker"))
 	return nil
 }
 
