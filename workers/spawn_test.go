@@ -51,6 +51,12 @@ var spawnHelpers = map[string]func() int{
 	"listen-fd3": listenFD3Helper,
 	// listening-of prints Listening($LISTENING_PID, [$LISTENING_INO]) as JSON.
 	"listening-of": listeningOfHelper,
+	// serve is a Go app using Listeners and Serve (app_test.go).
+	"serve": serveHelper,
+	// plain-shutdown is a Go app that calls srv.Shutdown on SIGTERM (app_test.go).
+	"plain-shutdown": plainShutdownHelper,
+	// listeners writes what Listeners returned to $OUT (app_test.go).
+	"listeners": listenersHelper,
 }
 
 // dispatchHelper runs a helper or the shim when this binary is one; it is

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/workers"
 	"golang.org/x/sys/unix"
 )
@@ -30,8 +29,9 @@ type contractFacts struct {
 }
 
 // newExampleAppCommand is the built-in example app: an HTTP server on the
-// inherited sockets that replies with its pid and slot, sends READY=1, and
-// drains without losing a request on SIGTERM.
+// inherited sockets (standalone: on $PORT) that replies with its pid and
+// slot, speaks the worker protocol through workers.Serve (READY=1,
+// WATCHDOG=1, X_REQUESTS=N) and drains without losing a request on SIGTERM.
 func newExampleAppCommand() *cobra.Command {
 	var bootDelay time.Duration
 	notify := true
@@ -57,17 +57,17 @@ func newExampleAppCommand() *cobra.Command {
 			// A simulated warm-up (not a wait for a condition), before the
 			// listener exists: listen readiness sees a Go app once it has it.
 			time.Sleep(bootDelay)
-			lns, _, err := listener.Inherited()
+			lns, err := workers.Listeners()
 			if err != nil {
 				return err
 			}
 			if !notify {
-				os.Unsetenv("NOTIFY_SOCKET") // readiness comes from elsewhere (a wrapper, --ready delay)
+				os.Unsetenv("NOTIFY_SOCKET") // readiness comes from elsewhere (a wrapper, --ready delay); no reports either
 			}
 			return workers.Serve(&http.Server{Handler: exampleHandler(facts), ReadHeaderTimeout: 10 * time.Second}, lns)
 		},
 	}
-	c.Flags().BoolVar(&notify, "notify", notify, "send READY=1 when serving")
+	c.Flags().BoolVar(&notify, "notify", notify, "speak sd_notify: READY=1 when serving, WATCHDOG=1, X_REQUESTS=N")
 	c.Flags().DurationVar(&bootDelay, "boot-delay", 0, "wait this long before serving and sending READY=1")
 	return c
 }
