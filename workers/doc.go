@@ -7,8 +7,10 @@
 // reports its exit; Process.Signal signals its whole group; NotifySocket
 // receives sd_notify datagrams from workers.
 //
-// App side, for Go apps: Ready and Notify speak sd_notify, Serve runs an
-// *http.Server on the inherited sockets with a graceful drain on SIGTERM that
-// loses no accepted request. RunShim is the exec shim that sets LISTEN_PID to
+// App side, for Go apps: Listeners returns the inherited sockets (or one on
+// $PORT when run standalone); Serve runs an *http.Server on them and speaks
+// the protocol (READY=1, WATCHDOG=1, batched X_REQUESTS=N, STOPPING=1) with
+// a drain on SIGTERM that loses no accepted request; Ready and Notify send
+// single messages. GroupRSS samples a worker's memory for the master. RunShim is the exec shim that sets LISTEN_PID to
 // the worker's own pid before exec'ing the real command.
 package workers
