@@ -34,18 +34,6 @@ func priorCrashes(count int, up time.Duration) int {
 	return count
 }
 
-// freeSlots returns the slots in [0, want) that have neither a worker that
-// is starting or serving (busy) nor a scheduled restart, in order.
-func freeSlots(want int, busy, scheduled map[int]bool) []int {
-	var free []int
-	for s := 0; s < want; s++ {
-		if !busy[s] && !scheduled[s] {
-			free = append(free, s)
-		}
-	}
-	return free
-}
-
 // earliest returns the earliest non-zero time, and false when all are zero.
 func earliest(ts ...time.Time) (time.Time, bool) {
 	var e time.Time

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"slices"
 	"testing"
 	"time"
 )
@@ -26,17 +25,6 @@ func TestPriorCrashesResetsAfterAWorkerStayedUp(t *testing.T) {
 	}
 	if got := priorCrashes(5, crashResetAfter); got != 0 {
 		t.Errorf("worker up for %s: got %d, want 0", crashResetAfter, got)
-	}
-}
-
-func TestFreeSlots(t *testing.T) {
-	busy := map[int]bool{0: true, 2: true}
-	scheduled := map[int]bool{3: true}
-	if got, want := freeSlots(5, busy, scheduled), []int{1, 4}; !slices.Equal(got, want) {
-		t.Errorf("freeSlots = %v, want %v", got, want)
-	}
-	if got := freeSlots(2, map[int]bool{0: true, 1: true}, nil); len(got) != 0 {
-		t.Errorf("full pool: freeSlots = %v, want none", got)
 	}
 }
 
