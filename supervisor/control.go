@@ -370,7 +370,7 @@ func clearStaleSocket(path string) error {
 			}
 		}
 		conn.Close()
-		return fmt.Errorf("control socket %s: another master is running (%s)", path, pid)
+		return fmt.Errorf("control socket %s: another master is running (%s): give each master its own --control (or --pid)", path, pid)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("control socket %s: remove stale socket: %w", path, err)

@@ -233,7 +233,7 @@ func TestControlStaleSocketReplaced(t *testing.T) {
 func TestControlLiveSocketRefused(t *testing.T) {
 	s, _ := serveControl(t, echo)
 	_, err := ListenControl(s.Path())
-	want := fmt.Sprintf("control socket %s: another master is running (pid %d)", s.Path(), os.Getpid())
+	want := fmt.Sprintf("control socket %s: another master is running (pid %d): give each master its own --control (or --pid)", s.Path(), os.Getpid())
 	if err == nil || err.Error() != want {
 		t.Fatalf("second ListenControl: %v, want %q", err, want)
 	}
