@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -49,6 +47,22 @@ func TestNodeReloadsUnderKeepAlive(t *testing.T) {
 	testPeerReloads(t, "--", node, script)
 }
 
+// TestGunicornReloadsUnderKeepAlive runs Debian's gunicorn, a pre-fork
+// server with its own arbiter and 2 sync workers, as each worker. It takes
+// fd 3 by socket activation (LISTEN_FDS, LISTEN_PID) and says READY=1 on
+// NOTIFY_SOCKET itself.
+func TestGunicornReloadsUnderKeepAlive(t *testing.T) {
+	const gunicorn = "/usr/bin/gunicorn"
+	if _, err := exec.LookPath(gunicorn); err != nil {
+		t.Skip("gunicorn is not installed (apt-get install gunicorn)")
+	}
+	dir, err := filepath.Abs("../../testdata/gunicorn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testPeerReloads(t, "--chdir", dir, "--", gunicorn, "--workers", "2", "app:app")
+}
+
 // testPeerReloads runs the master with 2 workers of the command in args
 // (after any more flags) and checks reloads under keep-alive load.
 func testPeerReloads(t *testing.T, args ...string) {
@@ -67,10 +81,10 @@ func testPeerReloads(t *testing.T, args ...string) {
 	for i := 1; i <= reloads; i++ {
 		p.signal(syscall.SIGHUP)
 		waitFor(t, 20*time.Second, fmt.Sprintf("reload %d to succeed", i), func() bool {
-			if peerCountLogs(p, "reload failed; rolling back") > 0 {
+			if p.countLogs("reload failed; rolling back") > 0 {
 				t.Fatalf("reload %d rolled back", i)
 			}
-			return peerCountLogs(p, "reload succeeded") >= i
+			return p.countLogs("reload succeeded") >= i
 		})
 		waitFor(t, 10*time.Second, fmt.Sprintf("requests served after reload %d", i), func() bool {
 			return l.ok.Load() > served
@@ -101,19 +115,6 @@ func testPeerReloads(t *testing.T, args ...string) {
 	if code := p.wait(20 * time.Second); code != 0 {
 		t.Errorf("exit code %d after TERM, want 0", code)
 	}
-}
-
-// peerCountLogs counts p's JSON log lines with this msg so far.
-func peerCountLogs(p *proc, msg string) int {
-	n := 0
-	sc := bufio.NewScanner(strings.NewReader(p.out.String()))
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == msg {
-			n++
-		}
-	}
-	return n
 }
 
 // peerLoad is requests from keep-alive clients, each to the end of its
