@@ -28,7 +28,9 @@ type rollout struct {
 // nil, is answered at once, or at the end of the rollout with wait.
 func (m *master) reload(reply chan Response, wait bool) {
 	if m.phase != running {
-		respond(reply, Response{Error: "reload refused: the master is " + m.phase.String()})
+		msg := "reload refused: the master is " + m.phase.String()
+		m.log.Warn(msg)
+		respond(reply, Response{Error: msg})
 		return
 	}
 	// systemd (Type=notify-reload) waits for RELOADING=1, then READY=1.
