@@ -94,7 +94,7 @@ func (m *master) onNotify(n workers.Notification) {
 func (m *master) markReady(w *worker) {
 	now := m.now()
 	w.setState(wReady)
-	w.readyAt, w.deadline = now, time.Time{}
+	w.deadline = time.Time{}
 	if w.cfg.Timeout > 0 {
 		w.deadline = now.Add(w.cfg.Timeout) // the heartbeat starts
 	}

@@ -22,12 +22,11 @@ func (s wstate) String() string {
 
 // worker is the loop's record of one worker process. Only the loop touches it.
 type worker struct {
-	proc    *workers.Process
-	slot    int
-	gen     int
-	cfg     *Resolved // its generation's config
-	state   wstate
-	readyAt time.Time
+	proc  *workers.Process
+	slot  int
+	gen   int
+	cfg   *Resolved // its generation's config
+	state wstate
 	// deadline: while starting, when it must be ready (or, with --ready
 	// delay, when it counts as ready); while ready with a heartbeat, when
 	// it must have sent WATCHDOG=1 again; while stopping, when its group
