@@ -121,3 +121,29 @@ func TestReaperCloseIsIdempotent(t *testing.T) {
 	r.Close()
 	r.Close()
 }
+
+// Every intent but None has at least one signal, and every signal of an
+// intent gives it the same name.
+func TestIntentTable(t *testing.T) {
+	names := map[Intent]string{}
+	for _, row := range table {
+		if prev, ok := names[row.intent]; ok && prev != row.name {
+			t.Errorf("%v: intent %d named %q and %q", row.sig, row.intent, prev, row.name)
+		}
+		names[row.intent] = row.name
+	}
+	for i := None + 1; i <= ScaleDown; i++ {
+		if names[i] == "" {
+			t.Errorf("intent %d has no signal in the table", i)
+		}
+	}
+	if got := None.String(); got != "none" {
+		t.Errorf("None.String() = %q", got)
+	}
+	if got := Intent(99).String(); got != "unknown" {
+		t.Errorf("Intent(99).String() = %q", got)
+	}
+	if got := FastStop.String(); got != "fast-stop" {
+		t.Errorf("FastStop.String() = %q", got)
+	}
+}
