@@ -20,7 +20,7 @@ func (m *master) onExit(ex workers.Exit) {
 	delete(m.workers, ex.Pid)
 	w.endWatch()
 	// Its group may outlive its leader: leave no orphan behind (invariant 4).
-	_ = w.proc.Signal(syscall.SIGKILL)
+	_ = m.env.signal(w.proc, syscall.SIGKILL)
 	how := workers.Describe(ex.Status)
 	if w.state == wStopping || m.phase == stopping {
 		m.log.Info("worker stopped", append(w.fields(), zap.String("how", how))...)
@@ -49,7 +49,7 @@ func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fi
 		prior := priorCrashes(m.crashes[slot], up)
 		m.crashes[slot] = prior + 1
 		delay := crashDelay(prior)
-		m.restarts[slot] = m.now().Add(delay)
+		m.restarts[slot] = m.env.now().Add(delay)
 		m.log.Warn("worker exited unexpectedly; replacing it", append(fields, zap.String("reason", reason), zap.Duration("after", delay))...)
 	default:
 		m.log.Warn("worker of an old generation exited; the rollout replaces it", append(fields, zap.String("reason", reason))...)
@@ -75,7 +75,7 @@ func (m *master) onNotify(n workers.Notification) {
 		m.markReady(w)
 	}
 	if n.Msg.Watchdog && w.state == wReady && w.cfg.Timeout > 0 {
-		w.deadline = m.now().Add(w.cfg.Timeout)
+		w.heartbeatBy = m.env.now().Add(w.cfg.Timeout)
 	}
 	if n.Msg.HasRequests {
 		w.requests = n.Msg.Requests
@@ -87,16 +87,19 @@ func (m *master) onNotify(n workers.Notification) {
 		// Leaving on its own: its slot is free, so step replaces it now.
 		m.log.Info("worker is leaving on its own; replacing it", w.fields()...)
 		w.setState(wStopping)
-		w.deadline = m.now().Add(w.cfg.GracefulTimeout)
+		w.killAt = m.env.now().Add(w.cfg.GracefulTimeout)
 	}
 }
 
+// markReady moves a starting worker to ready and starts its heartbeat.
+// The last worker the boot waits for makes the master ready, in this order:
+// OnReady (the pid file), the "ready" log line, READY=1 to systemd; so
+// whoever sees the log line or systemd's READY=1 finds the pid file.
 func (m *master) markReady(w *worker) {
-	now := m.now()
+	now := m.env.now()
 	w.setState(wReady)
-	w.deadline = time.Time{}
 	if w.cfg.Timeout > 0 {
-		w.deadline = now.Add(w.cfg.Timeout) // the heartbeat starts
+		w.heartbeatBy = now.Add(w.cfg.Timeout)
 	}
 	m.log.Info("worker ready", append(w.fields(), zap.Duration("boot", now.Sub(w.proc.Started)))...)
 	cfg := m.cfg()
@@ -104,81 +107,13 @@ func (m *master) markReady(w *worker) {
 		return
 	}
 	m.phase = running
-	m.log.Info("ready", zap.Int("workers", cfg.Workers), zap.Int("generation", m.stable), zap.String("command", commandLine(cfg)))
 	if m.opts.OnReady != nil {
 		if err := m.opts.OnReady(); err != nil {
 			m.log.Warn("after ready", zap.Error(err))
 		}
 	}
+	m.log.Info("ready", zap.Int("workers", cfg.Workers), zap.Int("generation", m.stable), zap.String("command", commandLine(cfg)))
 	m.tellSystemd(fmt.Sprintf("READY=1\nSTATUS=%d workers ready", cfg.Workers))
-}
-
-// onTick handles everything that is due at now.
-func (m *master) onTick(now time.Time) {
-	if m.phase == draining && !now.Before(m.drainUntil) {
-		m.drainUntil = time.Time{}
-		m.stopAll(m.cfg().StopSig, m.cfg().GracefulTimeout)
-	}
-	m.sampleMemory(now)
-	for slot, at := range m.restarts {
-		if !now.Before(at) {
-			delete(m.restarts, slot) // step starts it
-		}
-	}
-	for _, w := range m.workers {
-		if w.state == wReady && !w.retireAt.IsZero() && !now.Before(w.retireAt) {
-			m.recycle(w, recycleLifetime, zap.Duration("age", now.Sub(w.proc.Started)))
-		}
-		if w.deadline.IsZero() || now.Before(w.deadline) {
-			continue
-		}
-		switch w.state {
-		case wReady:
-			m.missedHeartbeat(w)
-		case wStarting:
-			if w.cfg.Ready == ReadyDelay {
-				m.markReady(w)
-				continue
-			}
-			m.notReady(w)
-		case wStopping:
-			m.log.Warn("worker did not stop within the graceful timeout; killing its group", w.fields()...)
-			_ = w.proc.Signal(syscall.SIGKILL)
-			w.deadline = time.Time{}
-		}
-	}
-}
-
-// missedHeartbeat handles a ready worker silent for longer than its
-// timeout: SIGABRT to its group (a stack dump from most runtimes), SIGKILL
-// after fastGrace, and it counts as failed, so it is replaced.
-func (m *master) missedHeartbeat(w *worker) {
-	reason := fmt.Sprintf("worker %d (pid %d) sent no WATCHDOG=1 for %s: %s (--timeout)", w.slot, w.proc.Pid, w.cfg.Timeout, commandLine(w.cfg))
-	m.log.Warn("worker missed its heartbeat; killing it", append(w.fields(), zap.Duration("timeout", w.cfg.Timeout))...)
-	m.stop(w, syscall.SIGABRT, fastGrace)
-	m.workerFailed(w.slot, w.gen, reason, m.now().Sub(w.proc.Started), w.fields())
-}
-
-// notReady handles a worker that missed its ready deadline: it is stopped,
-// and counts as failed.
-func (m *master) notReady(w *worker) {
-	reason := fmt.Sprintf("worker %d (pid %d) was not ready within %s: %s (--ready %s %s)",
-		w.slot, w.proc.Pid, w.cfg.ReadyTimeout, commandLine(w.cfg), w.cfg.Ready, readyHint(w.cfg.Ready))
-	m.stop(w, w.cfg.StopSig, min(fastGrace, w.cfg.GracefulTimeout))
-	m.workerFailed(w.slot, w.gen, reason, m.now().Sub(w.proc.Started), w.fields())
-}
-
-// readyHint says what a readiness mode waited for and what to change.
-func readyHint(mode string) string {
-	switch mode {
-	case ReadyNotify:
-		return "waits for READY=1 on $NOTIFY_SOCKET: make the app send it, or use --ready delay"
-	case ReadyListen:
-		return "waits until the app accepts on an inherited socket (fd 3...): make it serve on the fds in LISTEN_FDS, or use --ready delay"
-	case ReadyAuto:
-		return "waits for READY=1 on $NOTIFY_SOCKET or the app accepting on an inherited socket (fd 3...): make it serve on LISTEN_FDS, or use --ready delay"
-	}
-	return "waited in vain: raise --ready-timeout or change --ready"
 }
 
 // onListenSeen marks a starting worker ready once it is seen listening.

@@ -31,17 +31,16 @@ const fastGrace = time.Second
 
 // master is the state the loop owns. No other goroutine touches it.
 type master struct {
-	opts    Options
-	log     *zap.Logger
-	notify  string // NOTIFY_SOCKET for workers
-	reaper  *signals.Reaper
-	exited  chan workers.Exit
-	seen    chan listenSeen    // from watchListen
-	rss     chan map[int]int64 // from sampleMemory, buffered 1
-	rand    func(int64) int64  // uniform in [0, n): recycling jitter
-	inodes  map[int]uint64     // socket fd -> inode, for listen readiness
-	now     func() time.Time
-	started time.Time
+	opts         Options
+	env          env
+	log          *zap.Logger
+	workerNotify string // NOTIFY_SOCKET given to workers: the master's notify socket
+	forker       workers.Forker
+	exited       chan workers.Exit
+	listenSeen   chan listenSeen    // from watchListen
+	rss          chan map[int]int64 // from sampleMemory, buffered 1
+	inodes       map[int]uint64     // socket fd -> inode, for listen readiness
+	started      time.Time
 
 	phase   phase
 	workers map[int]*worker // by pid
@@ -59,25 +58,54 @@ type master struct {
 	rollout    *rollout // nil when none
 	lastReload string   // outcome of the last reload, for status
 
-	// restarts holds target slots waiting out a crash backoff.
+	// restarts holds target slots waiting out a crash backoff: slot ->
+	// when step may start it again.
 	restarts   map[int]time.Time
 	crashes    map[int]int // consecutive crashes per slot
-	drainUntil time.Time
-	nextSample time.Time // next RSS sample, when max_memory is set
-	sampling   bool      // an RSS sample is under way
-	failure    error     // why the master gives up; returned by Run
+	drainUntil time.Time   // draining: when shutdown_delay ends
+	nextSample time.Time   // next RSS sample, when max_memory is set
+	sampling   bool        // an RSS sample is under way
+	failure    error       // why the master gives up; returned by Run
+}
+
+// newMaster is the master before its first step: generation 1 is cfg, no
+// socket is open and no worker started.
+func newMaster(cfg *Resolved, opts Options, e env) *master {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	return &master{
+		opts:       opts,
+		env:        e,
+		log:        opts.Log,
+		exited:     make(chan workers.Exit, 64),
+		listenSeen: make(chan listenSeen),
+		rss:        make(chan map[int]int64, 1),
+		inodes:     map[int]uint64{},
+		started:    e.now(),
+		configs:    map[int]*Resolved{1: cfg},
+		genSockets: map[int][]*listener.Socket{},
+		sockets:    map[string][]*listener.Socket{},
+		stable:     1,
+		target:     1,
+		lastGen:    1,
+		workers:    make(map[int]*worker),
+		restarts:   make(map[int]time.Time),
+		crashes:    make(map[int]int),
+	}
 }
 
 // loop runs until every worker is gone after a stop, and returns the reason
-// the master failed, or nil after a requested stop.
+// the master failed, or nil after a requested stop. Each turn handles one
+// event, then advances: what is due now, then the pool plan.
 func (m *master) loop(notes <-chan workers.Notification) error {
 	m.step()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	for !(m.phase == stopping && len(m.workers) == 0) {
+	for !m.done() {
 		var tick <-chan time.Time
 		if at, ok := m.nextDeadline(); ok {
-			timer.Reset(max(at.Sub(m.now()), 0))
+			timer.Reset(max(at.Sub(m.env.now()), 0))
 			tick = timer.C
 		}
 		select {
@@ -89,32 +117,25 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 			m.onIntent(signals.IntentOf(sig), sig.String())
 		case c := <-m.opts.Control:
 			m.onCall(c)
-		case s := <-m.seen:
+		case s := <-m.listenSeen:
 			m.onListenSeen(s)
 		case rss := <-m.rss:
 			m.onRSS(rss)
 		case <-tick:
 		}
-		m.onTick(m.now())
-		m.step()
+		m.advance()
 	}
 	return m.failure
 }
 
-// nextDeadline is the earliest time the loop must wake without an event.
-func (m *master) nextDeadline() (time.Time, bool) {
-	ts := []time.Time{m.drainUntil, m.nextSample}
-	for _, w := range m.workers {
-		ts = append(ts, w.deadline)
-		if w.state == wReady && w.due == "" {
-			ts = append(ts, w.retireAt)
-		}
-	}
-	for _, at := range m.restarts {
-		ts = append(ts, at)
-	}
-	return earliest(ts...)
+// advance does what is due now, then applies the pool plan.
+func (m *master) advance() {
+	m.onTick(m.env.now())
+	m.step()
 }
+
+// done reports whether the master has stopped and every worker is gone.
+func (m *master) done() bool { return m.phase == stopping && len(m.workers) == 0 }
 
 // cfg is the configuration in force.
 func (m *master) cfg() *Resolved { return m.configs[m.stable] }
@@ -129,18 +150,18 @@ func (m *master) start(slot, gen int) {
 	for i, s := range socks {
 		names[i], fds[i] = s.Name, s.RawFD()
 	}
-	p, err := workers.Start(workers.Spec{
+	p, err := m.env.spawn(workers.Spec{
 		Path: cfg.Path,
 		Args: cfg.Command,
 		Shim: m.opts.Shim,
 		Dir:  cfg.Chdir,
-		Env: workers.Env(os.Environ(), cfg.Env, workers.Contract{Names: names, NotifySocket: m.notify,
+		Env: workers.Env(os.Environ(), cfg.Env, workers.Contract{Names: names, NotifySocket: m.workerNotify,
 			Slot: slot, Generation: gen, Watchdog: cfg.Timeout}),
 		Sockets:    fds,
 		Stdout:     m.opts.Stdout,
 		Stderr:     m.opts.Stderr,
 		Credential: cfg.Credential,
-		Forker:     m.reaper,
+		Forker:     m.forker,
 		Exited:     m.exited,
 	})
 	if err != nil {
@@ -149,9 +170,10 @@ func (m *master) start(slot, gen int) {
 		return
 	}
 	w := &worker{proc: p, slot: slot, gen: gen, cfg: cfg, state: wStarting}
-	w.deadline = p.Started.Add(cfg.ReadyTimeout)
 	if cfg.Ready == ReadyDelay {
-		w.deadline = p.Started.Add(cfg.ReadyDelay)
+		w.delayedReadyAt = p.Started.Add(cfg.ReadyDelay)
+	} else {
+		w.readyBy = p.Started.Add(cfg.ReadyTimeout)
 	}
 	m.setLimits(w)
 	if cfg.MaxRSS > 0 && m.nextSample.IsZero() {
@@ -165,7 +187,7 @@ func (m *master) start(slot, gen int) {
 			inodes[i] = m.inodes[fd]
 		}
 		w.unwatch = make(chan struct{})
-		go watchListen(p.Pid, inodes, w.unwatch, m.seen)
+		go watchListen(p.Pid, inodes, w.unwatch, m.listenSeen)
 	}
 }
 
@@ -182,7 +204,8 @@ func (m *master) step() {
 		p.scheduled[s] = true
 	}
 	for _, w := range m.workers {
-		p.workers = append(p.workers, wview{pid: w.proc.Pid, slot: w.slot, gen: w.gen, state: w.state, due: w.due != "", born: w.proc.Started})
+		p.workers = append(p.workers, wview{pid: w.proc.Pid, slot: w.slot, gen: w.gen, state: w.state,
+			recycling: w.recycleReason != "", born: w.proc.Started})
 	}
 	pl := planPool(p)
 	for _, pid := range pl.stop {

@@ -8,12 +8,12 @@ import (
 
 // wview is what the pool plan needs to know of one worker.
 type wview struct {
-	pid   int
-	slot  int
-	gen   int
-	state wstate
-	due   bool // due for recycling: replaced like an old generation's worker
-	born  time.Time
+	pid       int
+	slot      int
+	gen       int
+	state     wstate
+	recycling bool // being recycled: replaced like an old generation's worker
+	born      time.Time
 }
 
 // pool is the input of planPool: the workers and what is wanted of them.
@@ -37,7 +37,7 @@ type plan struct {
 // the target generation, never going below `want` ready workers (old ones
 // count) and never above want+surge processes (invariants 1-2):
 //  1. target workers in slots >= want (after a scale down) stop;
-//  2. old workers (of another generation, or due for recycling) that are
+//  2. old workers (of another generation, or being recycled) that are
 //     not ready stop at once: they add no capacity;
 //  3. old ready workers stop one by one while the ready count stays at or
 //     above want without them — and, in a canary rollout, only once a
@@ -59,7 +59,7 @@ func planPool(p pool) plan {
 		case w.state == wStopping:
 		case w.gen == p.target && w.slot >= p.want:
 			out.stop = append(out.stop, w.pid)
-		case w.gen == p.target && !w.due:
+		case w.gen == p.target && !w.recycling:
 			liveT++
 			held[w.slot] = true
 			if w.state == wReady {
@@ -90,7 +90,7 @@ func planPool(p pool) plan {
 	}
 	occupied := map[int]time.Time{} // slot -> birth of its oldest old worker
 	for _, w := range p.workers {
-		if w.state != wStopping && (w.gen != p.target || w.due) {
+		if w.state != wStopping && (w.gen != p.target || w.recycling) {
 			if b, ok := occupied[w.slot]; !ok || w.born.Before(b) {
 				occupied[w.slot] = w.born
 			}

@@ -14,7 +14,7 @@ func TestPlanPool(t *testing.T) {
 	}
 	// d is a worker due for recycling, born at second born.
 	d := func(pid, slot, gen int, state wstate, born int64) wview {
-		return wview{pid: pid, slot: slot, gen: gen, state: state, due: true, born: time.Unix(born, 0)}
+		return wview{pid: pid, slot: slot, gen: gen, state: state, recycling: true, born: time.Unix(born, 0)}
 	}
 	for _, tc := range []struct {
 		name  string

@@ -32,8 +32,8 @@ func drawLimit(base, jitter int64, rnd func(int64) int64) int64 {
 // setLimits draws a new worker's recycling limits from its config.
 func (m *master) setLimits(w *worker) {
 	c := w.cfg
-	w.maxRequests = drawLimit(int64(c.MaxRequests), int64(c.MaxRequestsJitter), m.rand)
-	if life := drawLimit(int64(c.MaxLifetime), int64(c.MaxLifetimeJitter), m.rand); life > 0 {
+	w.maxRequests = drawLimit(int64(c.MaxRequests), int64(c.MaxRequestsJitter), m.env.rand)
+	if life := drawLimit(int64(c.MaxLifetime), int64(c.MaxLifetimeJitter), m.env.rand); life > 0 {
 		w.retireAt = w.proc.Started.Add(time.Duration(life))
 	}
 }
@@ -42,10 +42,10 @@ func (m *master) setLimits(w *worker) {
 // successor in its slot and stops it once the successor is ready, within
 // max_surge like a rollout (invariant 2).
 func (m *master) recycle(w *worker, reason string, fields ...zap.Field) {
-	if w.due != "" || w.state != wReady {
+	if w.recycleReason != "" || w.state != wReady {
 		return
 	}
-	w.due = reason
+	w.recycleReason = reason
 	m.log.Info("recycling worker", append(append(w.fields(), zap.String("reason", reason)), fields...)...)
 }
 

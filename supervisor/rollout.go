@@ -52,7 +52,7 @@ func (m *master) reload(reply chan Response, wait bool) {
 		waiters = m.rollout.waiters
 		m.log.Info("reload merges into the rollout under way", zap.Int("replaced_target", m.target))
 	}
-	m.rollout = &rollout{began: m.now(), waiters: waiters}
+	m.rollout = &rollout{began: m.env.now(), waiters: waiters}
 	m.target = gen
 	clear(m.restarts)
 	clear(m.crashes)
@@ -148,7 +148,7 @@ func (m *master) settle() {
 	for _, w := range m.workers {
 		switch {
 		case w.state == wStopping:
-		case w.gen != m.target || w.state != wReady || w.due != "":
+		case w.gen != m.target || w.state != wReady || w.recycleReason != "":
 			return
 		default:
 			ready++
@@ -159,7 +159,7 @@ func (m *master) settle() {
 		return
 	}
 	m.rollout = nil
-	took := m.now().Sub(r.began)
+	took := m.env.now().Sub(r.began)
 	if r.rollback {
 		m.log.Info("rolled back", zap.Int("generation", m.stable), zap.Duration("took", took))
 		return
@@ -184,7 +184,7 @@ func (m *master) abort(reason string) {
 	for _, c := range m.rollout.waiters {
 		respond(c, Response{Error: msg})
 	}
-	m.rollout = &rollout{rollback: true, began: m.now()}
+	m.rollout = &rollout{rollback: true, began: m.env.now()}
 	m.target = m.stable
 	clear(m.restarts)
 	clear(m.crashes)

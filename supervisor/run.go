@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"time"
@@ -33,9 +32,12 @@ type Options struct {
 	// OnReady runs once, when the first workers are all ready (the
 	// tableflip Upgrader's Ready: pid file).
 	OnReady func() error
-	Systemd string // the master's own NOTIFY_SOCKET, "" when not under systemd
-	Stdout  int    // fd workers write their stdout to
-	Stderr  int    // fd workers write their stderr to
+	// SystemdNotify is the NOTIFY_SOCKET the master itself was given by
+	// systemd ("" when none): where it sends READY=1, RELOADING=1 and
+	// STOPPING=1. Workers get the master's own notify socket instead.
+	SystemdNotify string
+	Stdout        int // fd workers write their stdout to
+	Stderr        int // fd workers write their stderr to
 }
 
 // Run is the master: it opens the sockets of cfg, starts cfg.Workers
@@ -45,29 +47,7 @@ type Options struct {
 // not boot). It retires sockets whose bind a reload removed; the others are
 // left open for the caller to close.
 func Run(cfg *Resolved, opts Options) error {
-	if opts.Log == nil {
-		opts.Log = zap.NewNop()
-	}
-	m := &master{
-		opts:       opts,
-		log:        opts.Log,
-		exited:     make(chan workers.Exit, 64),
-		seen:       make(chan listenSeen),
-		rss:        make(chan map[int]int64, 1),
-		rand:       mrand.Int64N,
-		inodes:     map[int]uint64{},
-		now:        time.Now,
-		configs:    map[int]*Resolved{1: cfg},
-		genSockets: map[int][]*listener.Socket{},
-		sockets:    map[string][]*listener.Socket{},
-		stable:     1,
-		target:     1,
-		lastGen:    1,
-		workers:    make(map[int]*worker),
-		restarts:   make(map[int]time.Time),
-		crashes:    make(map[int]int),
-	}
-	m.started = m.now()
+	m := newMaster(cfg, opts, osEnv())
 	socks, err := m.socketsFor(cfg.Addrs)
 	if err != nil {
 		return err
@@ -79,36 +59,60 @@ func Run(cfg *Resolved, opts Options) error {
 	}
 	reaper := signals.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
+	m.workerNotify, m.forker = ns.Addr(), reaper
 
 	notes := make(chan workers.Notification, 64)
 	quit := make(chan struct{})
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		for {
-			n, err := ns.Read()
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if err != nil {
-				opts.Log.Warn("notify socket", zap.Error(err))
-				continue
-			}
-			select {
-			case notes <- n:
-			case <-quit:
-				return
-			}
-		}
+		readNotify(ns, notes, quit, m.log)
 	}()
 	defer func() {
 		close(quit)
 		ns.Close()
 		<-readerDone
 	}()
-
-	m.notify, m.reaper = ns.Addr(), reaper
 	return m.loop(notes)
+}
+
+// dropReportEvery bounds how often readNotify logs dropped datagrams.
+const dropReportEvery = 10 * time.Second
+
+// readNotify reads the notify socket and sends each datagram on notes
+// until the socket is closed or quit is. Datagrams the socket dropped
+// (malformed, oversized, without credentials) are logged with their count
+// when the next one is read, at most once per dropReportEvery, and once
+// more when it ends.
+func readNotify(ns *workers.NotifySocket, notes chan<- workers.Notification, quit <-chan struct{}, log *zap.Logger) {
+	var reported uint64
+	var last time.Time
+	report := func() {
+		if d := ns.Dropped(); d > reported {
+			log.Warn("notify datagrams dropped: malformed, oversized or without sender credentials",
+				zap.Uint64("dropped", d-reported), zap.Uint64("total", d))
+			reported, last = d, time.Now()
+		}
+	}
+	defer report()
+	for {
+		n, err := ns.Read()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			log.Warn("notify socket", zap.Error(err))
+			continue
+		}
+		if time.Since(last) >= dropReportEvery {
+			report()
+		}
+		select {
+		case notes <- n:
+		case <-quit:
+			return
+		}
+	}
 }
 
 // notifyAddr is a fresh abstract-namespace address: nothing to clean up,

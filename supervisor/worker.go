@@ -27,27 +27,38 @@ type worker struct {
 	gen   int
 	cfg   *Resolved // its generation's config
 	state wstate
-	// deadline: while starting, when it must be ready (or, with --ready
-	// delay, when it counts as ready); while ready with a heartbeat, when
-	// it must have sent WATCHDOG=1 again; while stopping, when its group
-	// gets SIGKILL (zero once sent).
-	deadline time.Time
+
+	// Timers, each zero when not set. setState clears those of the state
+	// the worker leaves.
+	readyBy        time.Time // starting: not ready by then is a failed start (ready_timeout)
+	delayedReadyAt time.Time // starting, with --ready delay: it counts as ready then
+	heartbeatBy    time.Time // ready, with a heartbeat: WATCHDOG=1 is due by then
+	killAt         time.Time // stopping: SIGKILL to its group then (zero once sent)
+	retireAt       time.Time // recycled for max_lifetime then (zero: no limit)
+
 	status   string
 	requests int64
 	rss      int64         // its process group's RSS at the last sample
 	unwatch  chan struct{} // closed to end its listen watch; nil when none
 
-	// Recycling: limits drawn at spawn (0 / zero time: none), and why it
-	// is due for replacement ("" while it is not).
-	maxRequests int64
-	retireAt    time.Time
-	due         string
+	// Recycling: the request limit drawn at spawn (0: none), and why it is
+	// being replaced ("" while it is not).
+	maxRequests   int64
+	recycleReason string
 }
 
-// setState moves the worker to s; leaving wStarting ends its listen watch.
+// setState moves the worker to s and clears the timers of the states it
+// leaves; leaving wStarting ends its listen watch.
 func (w *worker) setState(s wstate) {
 	if s != wStarting {
 		w.endWatch()
+		w.readyBy, w.delayedReadyAt = time.Time{}, time.Time{}
+	}
+	if s != wReady {
+		w.heartbeatBy = time.Time{}
+	}
+	if s != wStopping {
+		w.killAt = time.Time{}
 	}
 	w.state = s
 }

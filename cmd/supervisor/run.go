@@ -110,13 +110,13 @@ func run(load func() (supervisor.Config, error)) error {
 			}
 			return c.Validate()
 		},
-		Shim:    []string{"/proc/self/exe", workers.ShimArg},
-		Signals: sigs,
-		Control: calls,
-		OnReady: upg.Ready,
-		Systemd: systemd,
-		Stdout:  1,
-		Stderr:  2,
+		Shim:          []string{"/proc/self/exe", workers.ShimArg},
+		Signals:       sigs,
+		Control:       calls,
+		OnReady:       upg.Ready,
+		SystemdNotify: systemd,
+		Stdout:        1,
+		Stderr:        2,
 	})
 	if err != nil {
 		log.Error("giving up", zap.Error(err))

@@ -33,14 +33,3 @@ func priorCrashes(count int, up time.Duration) int {
 	}
 	return count
 }
-
-// earliest returns the earliest non-zero time, and false when all are zero.
-func earliest(ts ...time.Time) (time.Time, bool) {
-	var e time.Time
-	for _, t := range ts {
-		if !t.IsZero() && (e.IsZero() || t.Before(e)) {
-			e = t
-		}
-	}
-	return e, !e.IsZero()
-}

@@ -1,0 +1,33 @@
+package supervisor
+
+import (
+	mrand "math/rand/v2"
+	"syscall"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/workers"
+)
+
+// env is the master's edge to processes and time: what the loop calls to
+// fork and signal workers, read the clock and draw jitter. Run uses osEnv;
+// unit tests put fakes in its place and drive the loop's handlers through
+// event sequences without a process or a real timer.
+type env struct {
+	// spawn forks a worker; its exit is reported later on spec.Exited.
+	spawn func(workers.Spec) (*workers.Process, error)
+	// signal sends sig to a worker's process group; a group already gone
+	// is not an error.
+	signal func(p *workers.Process, sig syscall.Signal) error
+	now    func() time.Time
+	rand   func(n int64) int64 // uniform in [0, n), n > 0
+}
+
+// osEnv is the real thing.
+func osEnv() env {
+	return env{
+		spawn:  workers.Start,
+		signal: (*workers.Process).Signal,
+		now:    time.Now,
+		rand:   mrand.Int64N,
+	}
+}
