@@ -36,14 +36,15 @@ type plan struct {
 // planPool decides the next step toward a pool of `want` ready workers of
 // the target generation, never going below `want` ready workers (old ones
 // count) and never above want+surge processes (invariants 1-2):
-//  1. target workers in slots >= want (after a scale down) stop;
-//  2. old workers (of another generation, or being recycled) that are
-//     not ready stop at once: they add no capacity;
-//  3. old ready workers stop one by one while the ready count stays at or
-//     above want without them — and, in a canary rollout, only once a
-//     target worker is ready; those whose slot a ready target worker holds
-//     go first, then the highest slot, then the oldest generation;
-//  4. free target slots (no live target worker, no backoff) get a worker
+//  1. old workers (of another generation, or being recycled) and workers
+//     in slots >= want (after a scale down) that are not ready stop at
+//     once: they add no capacity;
+//  2. the ready ones among them stop one by one while the ready count
+//     stays at or above want without them — and, in a canary rollout, only
+//     once a target worker is ready; those whose slot a ready target
+//     worker holds go first, then the highest slot, then the oldest
+//     generation;
+//  3. free target slots (no live target worker, no backoff) get a worker
 //     while the process count allows, and in a canary rollout only one
 //     until a target worker is ready: empty slots first (lost capacity),
 //     then those whose old worker is the oldest, then the lowest.
@@ -57,8 +58,10 @@ func planPool(p pool) plan {
 	for _, w := range p.workers {
 		switch {
 		case w.state == wStopping:
-		case w.gen == p.target && w.slot >= p.want:
+		case w.gen == p.target && w.slot >= p.want && w.state != wReady:
 			out.stop = append(out.stop, w.pid)
+		case w.gen == p.target && w.slot >= p.want:
+			oldReady = append(oldReady, w)
 		case w.gen == p.target && !w.recycling:
 			liveT++
 			held[w.slot] = true
