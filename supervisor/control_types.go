@@ -6,11 +6,11 @@ import "time"
 // as sent over the control socket (one JSON object per connection) and as
 // handed to the master's loop.
 type Request struct {
-	Command string `json:"command"`           // "status", "reload", "scale", "stop"
+	Command string `json:"command"`           // a name in the commands table: "status", "reload", "scale", "stop"
 	Wait    bool   `json:"wait,omitempty"`    // reload: answer only once the rollout ended
 	Scale   string `json:"scale,omitempty"`   // scale: "N", "+N" or "-N"
 	Fast    bool   `json:"fast,omitempty"`    // stop: like INT/QUIT instead of TERM
-	Timeout string `json:"timeout,omitempty"` // reload --wait: give up after this (client side)
+	Timeout string `json:"timeout,omitempty"` // reload --wait: how long the client waits; the server checks it parses, the client enforces it
 }
 
 // Response is the master's answer. OK false means the command failed (or,
