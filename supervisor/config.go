@@ -25,54 +25,39 @@ const (
 )
 
 // Config is everything `supervisor run` is told. The zero value is not
-// valid: start from Defaults. Each field's yaml tag is its config-file key,
-// the flag name with '-' turned into '_' (see LoadFile).
+// valid: start from Defaults. Each field is one entry of the settings
+// table (settings.go): its config-file key, flag, default and help text.
 type Config struct {
-	Command         []string      `yaml:"command"`
-	Bind            []string      `yaml:"bind"`
-	Workers         int           `yaml:"workers"`
-	MaxSurge        string        `yaml:"max_surge"` // a count ("2") or a percentage of Workers ("25%")
-	GracefulTimeout time.Duration `yaml:"graceful_timeout"`
-	ShutdownDelay   time.Duration `yaml:"shutdown_delay"`
-	StopSignal      string        `yaml:"stop_signal"`
-	Ready           string        `yaml:"ready"`
-	ReadyTimeout    time.Duration `yaml:"ready_timeout"`
-	ReadyDelay      time.Duration `yaml:"ready_delay"`
-	Env             []string      `yaml:"env"`
+	Command         []string
+	Bind            []string
+	Workers         int
+	MaxSurge        string // a count ("2") or a percentage of Workers ("25%")
+	GracefulTimeout time.Duration
+	ShutdownDelay   time.Duration
+	StopSignal      string
+	Ready           string
+	ReadyTimeout    time.Duration
+	ReadyDelay      time.Duration
+	Env             []string
 	// Recycling (0: off): a worker is replaced, replacement first, after
 	// MaxRequests+rand[0,MaxRequestsJitter] requests (its X_REQUESTS
 	// reports), after MaxLifetime+rand[0,MaxLifetimeJitter], or once its
 	// process group's RSS passes MaxMemory ("512MiB").
-	MaxRequests       int           `yaml:"max_requests"`
-	MaxRequestsJitter int           `yaml:"max_requests_jitter"`
-	MaxLifetime       time.Duration `yaml:"max_lifetime"`
-	MaxLifetimeJitter time.Duration `yaml:"max_lifetime_jitter"`
-	MaxMemory         string        `yaml:"max_memory"`
+	MaxRequests       int
+	MaxRequestsJitter int
+	MaxLifetime       time.Duration
+	MaxLifetimeJitter time.Duration
+	MaxMemory         string
 	// Timeout is the heartbeat (0: off): a ready worker silent (no
 	// WATCHDOG=1) for longer is killed and replaced.
-	Timeout   time.Duration `yaml:"timeout"`
-	Chdir     string        `yaml:"chdir"`
-	User      string        `yaml:"user"`
-	Group     string        `yaml:"group"`
-	PidFile   string        `yaml:"pid"`
-	Control   string        `yaml:"control"` // control socket; "": the caller picks one
-	LogLevel  string        `yaml:"log_level"`
-	LogFormat string        `yaml:"log_format"`
-}
-
-// Defaults returns the settings used for anything not given; they follow
-// Gunicorn where it has an equivalent (1 worker, 30 s graceful timeout).
-func Defaults() Config {
-	return Config{
-		Workers:         1,
-		MaxSurge:        "25%",
-		GracefulTimeout: 30 * time.Second,
-		StopSignal:      "TERM",
-		Ready:           ReadyAuto,
-		ReadyTimeout:    60 * time.Second,
-		ReadyDelay:      time.Second,
-		LogLevel:        "info",
-	}
+	Timeout   time.Duration
+	Chdir     string
+	User      string
+	Group     string
+	PidFile   string
+	Control   string // control socket; "": the caller picks one
+	LogLevel  string
+	LogFormat string
 }
 
 // Resolved is a validated Config turned into what the master uses.

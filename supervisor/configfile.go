@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,42 +26,13 @@ type Layer struct {
 // as "config") are ignored. Layers applied in order give precedence:
 // Defaults() < file < flags.
 func (l Layer) Apply(c Config) Config {
-	dst, src := reflect.ValueOf(&c).Elem(), reflect.ValueOf(l.Config)
-	for key := range l.Set {
-		i, ok := fieldIndex[key]
-		if !ok {
-			continue
+	for _, s := range settings {
+		if l.Set[s.Key] {
+			set(s.field(&c), get(s.field(&l.Config)))
 		}
-		v := src.Field(i)
-		if v.Kind() == reflect.Slice {
-			v = reflect.ValueOf(slices.Clone(v.Interface().([]string)))
-		}
-		dst.Field(i).Set(v)
 	}
 	return c
 }
-
-// Keys returns every config-file key, sorted.
-func Keys() []string {
-	keys := make([]string, 0, len(fieldIndex))
-	for k := range fieldIndex {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
-// fieldIndex maps each config-file key to its Config field.
-var fieldIndex = func() map[string]int {
-	m := map[string]int{}
-	t := reflect.TypeFor[Config]()
-	for i := range t.NumField() {
-		m[t.Field(i).Tag.Get("yaml")] = i
-	}
-	return m
-}()
-
-var durationType = reflect.TypeFor[time.Duration]()
 
 // LoadFile reads the YAML config file at path: one mapping of config-file
 // keys (see Keys) to values. It is strict, and every error is one line that
@@ -104,10 +73,9 @@ func LoadFile(path string) (Layer, error) {
 		return Layer{}, fmt.Errorf("%s:%d:%d: want a mapping of settings (key: value), got %s", path, top.Line, top.Column, describe(top))
 	}
 	lines := map[string]int{}
-	dst := reflect.ValueOf(&l.Config).Elem()
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		k, v := resolve(top.Content[i]), resolve(top.Content[i+1])
-		idx, ok := fieldIndex[k.Value]
+		s, ok := lookup(k.Value)
 		if !ok || k.Kind != yaml.ScalarNode {
 			return Layer{}, fmt.Errorf("%s:%d:%d: unknown key %q%s: accepted keys are %s", path, k.Line, k.Column, k.Value, suggest(k.Value), strings.Join(Keys(), ", "))
 		}
@@ -115,7 +83,7 @@ func LoadFile(path string) (Layer, error) {
 			return Layer{}, fmt.Errorf("%s:%d:%d: %s: set twice (first on line %d)", path, k.Line, k.Column, k.Value, first)
 		}
 		lines[k.Value] = k.Line
-		if at, err := decodeValue(dst.Field(idx), k.Value, v); err != nil {
+		if at, err := decodeValue(s.field(&l.Config), k.Value, v); err != nil {
 			return Layer{}, fmt.Errorf("%s:%d:%d: %s: %w", path, at.Line, at.Column, k.Value, err)
 		}
 		l.Set[k.Value] = true
@@ -123,12 +91,12 @@ func LoadFile(path string) (Layer, error) {
 	return l, nil
 }
 
-// decodeValue sets f from n by f's type: string, int, time.Duration or
-// []string (the only kinds Config has). On error it also returns the node
-// at fault (n, or an item of n).
-func decodeValue(f reflect.Value, key string, n *yaml.Node) (*yaml.Node, error) {
-	switch {
-	case f.Type() == durationType:
+// decodeValue sets the field p points to (p from a Setting's field) from
+// n by the field's type: string, int, time.Duration or []string. On error
+// it also returns the node at fault (n, or an item of n).
+func decodeValue(p any, key string, n *yaml.Node) (*yaml.Node, error) {
+	switch p := p.(type) {
+	case *time.Duration:
 		if n.Kind != yaml.ScalarNode || isNull(n) {
 			return n, fmt.Errorf("want a duration like 30s or 1m30s, got %s", describe(n))
 		}
@@ -136,8 +104,8 @@ func decodeValue(f reflect.Value, key string, n *yaml.Node) (*yaml.Node, error) 
 		if err != nil {
 			return n, fmt.Errorf("bad duration %q: want a duration like 30s or 1m30s", n.Value)
 		}
-		f.SetInt(int64(d))
-	case f.Kind() == reflect.Int:
+		*p = d
+	case *int:
 		var i int
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil {
 			if _, err := strconv.Atoi(n.Value); err == nil && n.ShortTag() == "!!str" {
@@ -145,13 +113,13 @@ func decodeValue(f reflect.Value, key string, n *yaml.Node) (*yaml.Node, error) 
 			}
 			return n, fmt.Errorf("want an integer, got %s", describe(n))
 		}
-		f.SetInt(int64(i))
-	case f.Kind() == reflect.String:
+		*p = i
+	case *string:
 		if n.Kind != yaml.ScalarNode || isNull(n) {
 			return n, fmt.Errorf("want a string, got %s", describe(n))
 		}
-		f.SetString(n.Value)
-	case f.Kind() == reflect.Slice:
+		*p = n.Value
+	case *[]string:
 		if n.Kind != yaml.SequenceNode {
 			return n, listError(key, n)
 		}
@@ -163,9 +131,9 @@ func decodeValue(f reflect.Value, key string, n *yaml.Node) (*yaml.Node, error) 
 			}
 			list = append(list, item.Value)
 		}
-		f.Set(reflect.ValueOf(list))
+		*p = list
 	default:
-		panic("supervisor: Config field of unsupported type " + f.Type().String())
+		panic(fmt.Sprintf("supervisor: a setting of unsupported type %T", p))
 	}
 	return nil, nil
 }
