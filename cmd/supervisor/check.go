@@ -47,8 +47,9 @@ func newCheckCommand() *cobra.Command {
 	return c
 }
 
-// settingsYAML renders r's Config as YAML in field order, with the
-// resolved surge as a comment.
+// settingsYAML renders r's Config as YAML (Config.MarshalYAML: every key
+// in the order of supervisor.Settings), with the resolved surge as a
+// comment.
 func settingsYAML(r *supervisor.Resolved) ([]byte, error) {
 	var doc yaml.Node
 	if err := doc.Encode(r.Config); err != nil {

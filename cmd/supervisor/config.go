@@ -1,40 +1,36 @@
 package main
 
 import (
-	"strings"
+	"fmt"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/supervisor-dev/supervisor/supervisor"
 )
 
-// addRunFlags binds the Gunicorn-familiar flags of DESIGN §2 to cfg, and
-// --config, read back with configPath. Every flag but --config is also a
-// config-file key: its name with '-' turned into '_'.
+// addRunFlags binds a flag to cfg's field for every setting of
+// supervisor.Settings that has one (all but command), each flag's default
+// being cfg's value, and adds --config, read back with configPath.
 func addRunFlags(f *pflag.FlagSet, cfg *supervisor.Config) {
 	f.StringP("config", "c", "", "YAML config file: every flag below as a snake_case key; flags override it; re-read on every reload")
-	f.StringArrayVarP(&cfg.Bind, "bind", "b", cfg.Bind, "address to listen on: HOST:PORT, [::1]:PORT, :PORT, unix:/path[?mode=0660], fd://N, systemd[:NAME] (repeatable)")
-	f.IntVarP(&cfg.Workers, "workers", "w", cfg.Workers, "number of worker processes")
-	f.StringVar(&cfg.MaxSurge, "max-surge", cfg.MaxSurge, "extra workers during a reload or recycle: a count (2) or a percentage of --workers, rounded up (at least 1)")
-	f.DurationVar(&cfg.GracefulTimeout, "graceful-timeout", cfg.GracefulTimeout, "time a stopping worker gets to finish before SIGKILL")
-	f.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", cfg.ShutdownDelay, "on TERM, keep serving this long before stopping (load-balancer deregistration)")
-	f.StringVar(&cfg.StopSignal, "stop-signal", cfg.StopSignal, "signal that asks a worker to stop gracefully")
-	f.StringVar(&cfg.Ready, "ready", cfg.Ready, "readiness: notify (READY=1 on $NOTIFY_SOCKET), listen (seen accepting on a socket), delay (alive for --ready-delay), auto (the first of notify or listen)")
-	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a worker not ready this long after start has failed")
-	f.DurationVar(&cfg.ReadyDelay, "ready-delay", cfg.ReadyDelay, "with --ready delay: time alive after which a worker counts as ready")
-	f.StringArrayVar(&cfg.Env, "env", cfg.Env, "KEY=VALUE added to the workers' environment (repeatable)")
-	f.IntVar(&cfg.MaxRequests, "max-requests", cfg.MaxRequests, "replace a worker after this many requests (its X_REQUESTS reports); 0: never")
-	f.IntVar(&cfg.MaxRequestsJitter, "max-requests-jitter", cfg.MaxRequestsJitter, "add rand[0, N] to each worker's --max-requests, so they do not recycle together")
-	f.DurationVar(&cfg.MaxLifetime, "max-lifetime", cfg.MaxLifetime, "replace a worker after this age; 0: never")
-	f.DurationVar(&cfg.MaxLifetimeJitter, "max-lifetime-jitter", cfg.MaxLifetimeJitter, "add rand[0, D] to each worker's --max-lifetime")
-	f.StringVar(&cfg.MaxMemory, "max-memory", cfg.MaxMemory, "replace a worker whose process group's RSS passes this size (512MiB, 2G); empty: never")
-	f.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "heartbeat: a ready worker that sends no WATCHDOG=1 for this long is killed and replaced (workers get WATCHDOG_USEC); 0: off")
-	f.StringVar(&cfg.Chdir, "chdir", cfg.Chdir, "working directory of the workers")
-	f.StringVarP(&cfg.User, "user", "u", cfg.User, "run workers as this user (master must be root)")
-	f.StringVarP(&cfg.Group, "group", "g", cfg.Group, "run workers with this group (master must be root)")
-	f.StringVarP(&cfg.PidFile, "pid", "p", cfg.PidFile, "write the master's pid to this file once ready")
-	f.StringVar(&cfg.Control, "control", cfg.Control, "control socket for reload, status, scale, stop (default: under $XDG_RUNTIME_DIR, else beside --pid)")
-	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
-	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "json or console (default: console on a terminal, json otherwise)")
+	for _, s := range supervisor.Settings() {
+		name := s.Flag()
+		if name == "" {
+			continue
+		}
+		switch p := s.Field(cfg).(type) {
+		case *string:
+			f.StringVarP(p, name, s.Short, *p, s.Usage)
+		case *int:
+			f.IntVarP(p, name, s.Short, *p, s.Usage)
+		case *time.Duration:
+			f.DurationVarP(p, name, s.Short, *p, s.Usage)
+		case *[]string:
+			f.StringArrayVarP(p, name, s.Short, *p, s.Usage)
+		default:
+			panic(fmt.Sprintf("--%s: a setting of unsupported type %T", name, p))
+		}
+	}
 }
 
 // configPath returns the --config value of a flag set built by
@@ -61,7 +57,11 @@ func effectiveConfig(fs *pflag.FlagSet, flagCfg supervisor.Config, path string) 
 		cfg = file.Apply(cfg)
 	}
 	flags := supervisor.Layer{Config: flagCfg, Set: map[string]bool{}}
-	fs.Visit(func(f *pflag.Flag) { flags.Set[strings.ReplaceAll(f.Name, "-", "_")] = true })
+	for _, s := range supervisor.Settings() {
+		if name := s.Flag(); name != "" && fs.Changed(name) {
+			flags.Set[s.Key] = true
+		}
+	}
 	if len(flagCfg.Command) > 0 {
 		flags.Set["command"] = true
 	}
