@@ -9,7 +9,9 @@ import (
 )
 
 // newLogger builds the master's logger on stderr: console on a terminal,
-// json otherwise, unless format says which.
+// json otherwise, unless format says which. An entry is one line: only
+// DPanic and above carry a stack trace (zap's presets add one from Error
+// or Warn up, which hung cobra's frames under an operator's mistake).
 func newLogger(level, format string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
@@ -29,7 +31,6 @@ func newLogger(level, format string) (*zap.Logger, error) {
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	case "console":
 		cfg = zap.NewDevelopmentConfig()
-		cfg.DisableStacktrace = true
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
 	default:
 		return nil, fmt.Errorf("--log-format %q: want json or console", format)
@@ -38,5 +39,6 @@ func newLogger(level, format string) (*zap.Logger, error) {
 	cfg.DisableCaller = true
 	cfg.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	cfg.OutputPaths, cfg.ErrorOutputPaths = []string{"stderr"}, []string{"stderr"}
-	return cfg.Build()
+	cfg.DisableStacktrace = true
+	return cfg.Build(zap.AddStacktrace(zapcore.DPanicLevel))
 }
