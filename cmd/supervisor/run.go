@@ -38,10 +38,14 @@ func newRunCommand(use, short string) *cobra.Command {
 	return c
 }
 
-// run is the master's whole life: load and validate the config, bind,
-// supervise, clean up. load is called again on every reload; the log
-// settings, the pid file and the control socket are taken at start only.
+// run is the master's whole life: keep its inherited descriptors from its
+// children, load and validate the config, bind, supervise, clean up. load
+// is called again on every reload; the log settings, the pid file and the
+// control socket are taken at start only.
 func run(load func() (supervisor.Config, error)) error {
+	if err := closeOnExecInherited(); err != nil {
+		return err
+	}
 	cfg, err := load()
 	if err != nil {
 		return err
