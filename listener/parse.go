@@ -12,8 +12,10 @@ import (
 
 const forms = "HOST:PORT, [::1]:PORT, :PORT, unix:/path[?mode=0660], fd://N, systemd or systemd:NAME"
 
-// maxUnixPath is the longest path a sockaddr_un holds (108 bytes with the NUL).
-const maxUnixPath = 107
+// MaxUnixPath is the longest unix socket path, in bytes, that Linux's
+// sockaddr_un holds: sun_path is 108 bytes, the terminating NUL included.
+// --bind unix: paths and --control are checked against it.
+const MaxUnixPath = 107
 
 func bad(s, why string) error {
 	if why == "" {
@@ -66,8 +68,8 @@ func parseUnix(a Addr) (Addr, error) {
 		return a, bad(a.Raw, "missing socket path")
 	case strings.HasPrefix(path, "@"):
 		return a, bad(a.Raw, "abstract unix sockets are not supported")
-	case len(path) > maxUnixPath:
-		return a, bad(a.Raw, fmt.Sprintf("socket path longer than %d bytes", maxUnixPath))
+	case len(path) > MaxUnixPath:
+		return a, bad(a.Raw, fmt.Sprintf("socket path longer than %d bytes", MaxUnixPath))
 	}
 	a.Kind, a.Network, a.Address = KindUnix, "unix", path
 	if !hasQuery {

@@ -111,8 +111,8 @@ func (c Config) Validate() (*Resolved, error) {
 	default:
 		return nil, fmt.Errorf("--ready %q: want auto, notify, listen or delay", c.Ready)
 	}
-	if len(c.Control) >= maxUnixPath {
-		return nil, fmt.Errorf("--control %s: too long for a unix socket path (at most %d bytes): pick a shorter path", c.Control, maxUnixPath-1)
+	if len(c.Control) > listener.MaxUnixPath {
+		return nil, fmt.Errorf("--control %s: too long for a unix socket path (at most %d bytes): pick a shorter path", c.Control, listener.MaxUnixPath)
 	}
 	sig, err := ParseSignal(c.StopSignal)
 	if err != nil {
@@ -143,9 +143,6 @@ func (c Config) Validate() (*Resolved, error) {
 	}
 	return r, nil
 }
-
-// maxUnixPath is the size of sockaddr_un.sun_path on Linux, NUL included.
-const maxUnixPath = 108
 
 // ResolveSurge turns a max_surge setting into a number of extra workers for
 // a pool of workers (>= 1): a count ("2") as is, a percentage ("25%") of

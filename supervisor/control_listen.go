@@ -13,11 +13,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/listener"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	controlMaxPath      = 107             // sizeof(sun_path) - 1 on Linux
 	controlProbeTimeout = 2 * time.Second // dialling a socket found in the way
 )
 
@@ -39,8 +39,8 @@ func ListenControl(path string) (*ControlServer, error) {
 	if path == "" {
 		return nil, errors.New("control socket: empty path")
 	}
-	if len(path) > controlMaxPath {
-		return nil, fmt.Errorf("control socket %s: path too long (%d bytes, at most %d)", path, len(path), controlMaxPath)
+	if len(path) > listener.MaxUnixPath {
+		return nil, fmt.Errorf("control socket %s: path too long (%d bytes, at most %d)", path, len(path), listener.MaxUnixPath)
 	}
 	dir := filepath.Dir(path)
 	if err := controlDir(dir); err != nil {
@@ -124,7 +124,7 @@ func bindControl(path string) (*net.UnixListener, error) {
 	}
 	defer os.RemoveAll(tmp)
 	at := filepath.Join(tmp, "s")
-	direct := len(at) > controlMaxPath
+	direct := len(at) > listener.MaxUnixPath
 	if direct {
 		at = path
 	}
