@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -51,16 +50,14 @@ func bindTCP(a Addr) (*Socket, error) {
 }
 
 // bindUnix removes a stale socket file at the path (one nobody listens on),
-// refuses a live one or anything that is not a socket, binds, and applies
-// the mode.
+// refuses a live one or anything that is not a socket (ClearStale), binds,
+// and applies the mode.
 func bindUnix(a Addr) (*Socket, error) {
 	path := a.Address
-	switch st, err := clearStale(path); {
+	switch st, err := ClearStale(path); {
 	case err != nil:
-		return nil, fmt.Errorf("bind %s: clear the old socket file: %w", a.Raw, err)
-	case st == pathNotSocket:
-		return nil, fmt.Errorf("bind %s: %s exists and is not a socket: remove it or choose another path", a.Raw, path)
-	case st == pathLive:
+		return nil, fmt.Errorf("bind %s: %w", a.Raw, err)
+	case st.Live:
 		return nil, fmt.Errorf("bind %s: address in use by a running process", a.Raw)
 	}
 	var lc net.ListenConfig
@@ -155,52 +152,4 @@ func privileged(hostport string) bool {
 	_, port, _ := net.SplitHostPort(hostport)
 	n, err := strconv.Atoi(port)
 	return err == nil && n > 0 && n < 1024
-}
-
-// probeUnix reports whether a process listens on the unix socket at path:
-// false only when connecting is refused (a stale file) or the path is gone.
-// A successful probe leaves an empty connection in that listener's queue.
-func probeUnix(path string) (bool, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false, err
-	}
-	defer unix.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-	switch {
-	case errors.Is(err, unix.ECONNREFUSED), errors.Is(err, unix.ENOENT):
-		return false, nil
-	case err == nil, errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINPROGRESS), errors.Is(err, unix.EPROTOTYPE):
-		return true, nil // listening (EAGAIN: its queue is full), or a live socket of another type
-	}
-	return false, err
-}
-
-// pathState is what clearStale found at a unix socket path.
-type pathState int
-
-const (
-	pathFree      pathState = iota // nothing there, or a stale socket file now removed
-	pathLive                       // a socket some process listens on; left alone
-	pathNotSocket                  // not a socket; left alone
-)
-
-// clearStale removes the socket file at path if no process listens on it.
-func clearStale(path string) (pathState, error) {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return pathFree, nil
-	} else if err != nil {
-		return pathFree, err
-	}
-	if fi.Mode().Type() != fs.ModeSocket {
-		return pathNotSocket, nil
-	}
-	if live, err := probeUnix(path); err != nil || live {
-		return pathLive, err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return pathFree, err
-	}
-	return pathFree, nil
 }

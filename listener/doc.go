@@ -27,5 +27,8 @@
 //
 // Linux only (SO_ACCEPTCONN, SO_PROTOCOL, memfd).
 //
+// ClearStale is the one check for a unix socket path left by a process that
+// died (used for --bind unix:, the control socket and the notify socket).
+//
 // Inherited is the app side: a Go worker turns its fds 3.. into listeners.
 package listener

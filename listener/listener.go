@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -86,8 +87,8 @@ func (s *Socket) Close() error {
 		err = fmt.Errorf("close %s: %w", s.Name, err)
 	}
 	if s.unlink != "" {
-		if _, rerr := clearStale(s.unlink); rerr != nil && err == nil {
-			err = fmt.Errorf("close %s: remove %s: %w", s.Name, s.unlink, rerr)
+		if _, rerr := ClearStale(s.unlink); rerr != nil && !errors.Is(rerr, errNotSocket) && err == nil {
+			err = fmt.Errorf("close %s: %w", s.Name, rerr)
 		}
 	}
 	return err

@@ -230,8 +230,8 @@ func (s *ControlServer) closing() bool {
 	}
 }
 
-// peerCred is the SO_PEERCRED of conn: for an accepted connection the
-// client process, for a dialled one the process that created the listener.
+// peerCred is the SO_PEERCRED of conn, an accepted connection: the client
+// process.
 func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {

@@ -11,14 +11,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/supervisor-dev/supervisor/listener"
 	"golang.org/x/sys/unix"
-)
-
-const (
-	controlProbeTimeout = 2 * time.Second // dialling a socket found in the way
 )
 
 // ListenControl creates the control socket at path, mode 0600, and returns
@@ -79,40 +74,22 @@ func controlDir(dir string) error {
 	return nil
 }
 
-// clearStaleSocket removes a socket at path that nobody listens on; it
-// fails when a master answers there or when path is not a socket.
+// clearStaleSocket removes a socket at path that nobody listens on
+// (listener.ClearStale); it fails when a master answers there, naming its
+// pid, or when path is not a socket.
 func clearStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	st, err := listener.ClearStale(path)
 	if err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("control socket %s: exists and is not a socket (remove it or choose another --control)", path)
-	}
-	conn, err := net.DialTimeout("unix", path, controlProbeTimeout)
-	switch {
-	case err == nil:
+	if st.Live {
 		pid := "pid unknown"
-		if uc, ok := conn.(*net.UnixConn); ok {
-			// The pid that created the listening socket, if it still lives.
-			if c, err := peerCred(uc); err == nil && c.Pid > 0 && syscall.Kill(int(c.Pid), 0) != syscall.ESRCH {
-				pid = "pid " + strconv.Itoa(int(c.Pid))
-			}
+		if st.PID > 0 {
+			pid = "pid " + strconv.Itoa(st.PID)
 		}
-		conn.Close()
 		return fmt.Errorf("control socket %s: another master is running (%s): give each master its own --control (or --pid)", path, pid)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("control socket %s: remove stale socket: %w", path, err)
-		}
-		return nil
-	case errors.Is(err, syscall.ENOENT):
-		return nil // gone meanwhile
 	}
-	return fmt.Errorf("control socket %s: probe the existing socket: %w", path, errnoOf(err))
+	return nil
 }
 
 // bindControl binds the listening socket and moves it to path with mode

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/supervisor-dev/supervisor/listener"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,8 +40,10 @@ var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(4*16)
 
 // ListenNotify binds the notify socket. An address starting with '@' is in
 // the abstract namespace; otherwise it is a path, removed first when it is a
-// stale socket (one nobody is bound to any more). SO_PASSCRED is set before
-// bind, so every datagram received carries its sender's credentials.
+// stale socket (one nobody is bound to any more, see listener.ClearStale); a
+// live socket there, or a file that is not a socket, is an error and is left
+// alone. SO_PASSCRED is set before bind, so every datagram received carries
+// its sender's credentials.
 func ListenNotify(addr string) (*NotifySocket, error) {
 	if addr == "" || addr == "@" {
 		return nil, fmt.Errorf("listen notify socket %q: empty address", addr)
@@ -48,8 +51,11 @@ func ListenNotify(addr string) (*NotifySocket, error) {
 	path := ""
 	if addr[0] != '@' {
 		path = addr
-		if err := removeStaleSocket(path); err != nil {
+		switch st, err := listener.ClearStale(path); {
+		case err != nil:
 			return nil, fmt.Errorf("listen notify socket %s: %w", addr, err)
+		case st.Live:
+			return nil, fmt.Errorf("listen notify socket %s: a live socket is bound at %s", addr, path)
 		}
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
@@ -75,27 +81,6 @@ func ListenNotify(addr string) (*NotifySocket, error) {
 		buf:  make([]byte, MaxMessageSize+1),
 		oob:  make([]byte, oobSize),
 	}, nil
-}
-
-// removeStaleSocket removes path if it is a socket that refuses connections.
-// A live socket or any other kind of file is left for bind to fail on.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode().Type() != os.ModeSocket {
-		return nil
-	}
-	c, err := net.Dial("unixgram", path)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("a live socket is bound at %s", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return nil
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	return nil
 }
 
 // Addr is the value to put in a worker's NOTIFY_SOCKET: the address given to
