@@ -17,8 +17,8 @@
 //
 // Across a master upgrade every socket, including fd://N and systemd ones
 // (the new master has neither that fd nor LISTEN_PID), goes through the
-// Store under keys "listener:"+Raw (see Open). Systemd names travel in a
-// small memfd beside them. The Store cannot forget a key, so a socket
+// Store under keys "listener:"+Addr.Key() (see Open). Systemd names travel
+// in a small memfd beside them. The Store cannot forget a key, so a socket
 // closed on reload still reaches the next master, which drops it unused
 // (tableflip closes unused inherited files after Ready). At the end of the
 // last master, close the Store first (tableflip: Stop, then wait for Exit)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -28,6 +29,18 @@ type Addr struct {
 	Mode    os.FileMode // KindUnix: permissions from ?mode=, 0 when not given
 	FD      int         // KindFD: the descriptor number
 	Name    string      // KindSystemd: NAME from systemd:NAME, "" for all passed sockets
+	Repeat  int         // N for the Nth repeat of Raw in one ParseAll list (only HOST:0 repeats); else 0
+}
+
+// Key names the bind wherever its socket is kept for reuse: by the master
+// across a reload, and (as "listener:"+Key) in the Store across an upgrade.
+// It is Raw, plus "#N" for the Nth repeat (Repeat), since a repeated HOST:0
+// is a socket of its own each time: "127.0.0.1:0", "127.0.0.1:0#1".
+func (a Addr) Key() string {
+	if a.Repeat == 0 {
+		return a.Raw
+	}
+	return a.Raw + "#" + strconv.Itoa(a.Repeat)
 }
 
 // Store keeps descriptors across a master upgrade; *tableflip.Fds satisfies

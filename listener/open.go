@@ -20,8 +20,9 @@ import (
 //
 // For each address Open does, in order:
 //  1. ask the store for the socket the previous master kept under the
-//     address's key ("listener:"+Raw, plus "#N" for the Nth repeat of a
-//     HOST:0 value) and, if there is one, use it as it is (mode untouched);
+//     address's key ("listener:"+Key(): Raw, plus "#N" for the Nth repeat
+//     of a HOST:0 value, numbered by ParseAll) and, if there is one, use it
+//     as it is (mode untouched);
 //  2. otherwise bind TCP and unix addresses (plain TCP, blocking mode, a
 //     stale unix socket file replaced, ?mode= applied), or take fd://N and
 //     systemd descriptors as they are, after checking each is a listening
@@ -35,12 +36,15 @@ import (
 // closes it (the cleanup after an error leaves it open). An inherited
 // descriptor can be used by one address only: "systemd" next to
 // "systemd:NAME", or fd://3 next to a systemd socket 3, is an error.
-// Open holds no lock; calls must not run concurrently on the same store.
+// The addresses come from ParseAll, all of them or a part (the master opens
+// its binds one at a time), so a repeat carries its number: two addresses
+// with the same Key in one call are an error. Open holds no lock; calls
+// must not run concurrently on the same store.
 func Open(addrs []Addr, store Store, sd Systemd) ([]*Socket, error) {
 	for _, fd := range sd.FDs {
 		unix.CloseOnExec(fd)
 	}
-	o := &opener{store: store, sd: sd, claimed: map[int]string{}, repeats: map[string]int{}}
+	o := &opener{store: store, sd: sd, claimed: map[int]string{}, kept: map[string]bool{}}
 	var socks []*Socket
 	err := func() error {
 		for _, a := range addrs {
@@ -72,17 +76,13 @@ func Open(addrs []Addr, store Store, sd Systemd) ([]*Socket, error) {
 type opener struct {
 	store   Store
 	sd      Systemd
-	claimed map[int]string // inherited descriptor -> the --bind value using it
-	repeats map[string]int // Raw -> times seen so far, for store keys
-	adds    []func() error // store additions, run once every address is open
+	claimed map[int]string  // inherited descriptor -> the --bind value using it
+	kept    map[string]bool // keys of the sockets opened so far, but systemd's
+	adds    []func() error  // store additions, run once every address is open
 }
 
 func (o *opener) open(a Addr) ([]*Socket, error) {
-	key := "listener:" + a.Raw
-	if n := o.repeats[a.Raw]; n > 0 {
-		key += "#" + strconv.Itoa(n)
-	}
-	o.repeats[a.Raw]++
+	key := "listener:" + a.Key()
 	if a.Kind == KindSystemd {
 		return o.systemd(a, key)
 	}
@@ -110,6 +110,10 @@ func (o *opener) open(a Addr) ([]*Socket, error) {
 		return nil, err
 	}
 	s.Name = a.Raw
+	if o.kept[key] { // a second socket under one key would replace the first
+		return []*Socket{s}, fmt.Errorf("--bind %s: repeated without its repeat number (parse the list with ParseAll)", a.Raw)
+	}
+	o.kept[key] = true
 	if !ok {
 		o.keep(key, s.fd)
 	}

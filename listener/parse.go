@@ -128,14 +128,18 @@ func parseTCP(a Addr) (Addr, error) {
 // name. Exception: HOST:0 may repeat, because each asks the kernel for its
 // own free port, so "127.0.0.1:0" twice means two sockets on two ports.
 // "systemd" next to "systemd:NAME" passes here; Open rejects the overlap.
+// Each repeat of the same value gets its number in Repeat (see Addr.Key).
 func ParseAll(values []string) ([]Addr, error) {
 	addrs := make([]Addr, 0, len(values))
 	seen := make(map[string]string, len(values))
+	repeats := make(map[string]int, len(values))
 	for _, v := range values {
 		a, err := Parse(v)
 		if err != nil {
 			return nil, err
 		}
+		a.Repeat = repeats[v]
+		repeats[v]++
 		id := identity(a)
 		if first, ok := seen[id]; ok {
 			if first == v {

@@ -127,3 +127,16 @@ func TestParseAll(t *testing.T) {
 		}
 	}
 }
+
+func TestAddrKey(t *testing.T) {
+	addrs, err := ParseAll([]string{"127.0.0.1:0", "unix:/a", "127.0.0.1:0", ":0", "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"127.0.0.1:0", "unix:/a", "127.0.0.1:0#1", ":0", "127.0.0.1:0#2"}
+	for i, a := range addrs {
+		if got := a.Key(); got != want[i] {
+			t.Errorf("ParseAll(...)[%d].Key() = %q; want %q", i, got, want[i])
+		}
+	}
+}

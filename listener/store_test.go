@@ -318,3 +318,58 @@ func helperTableflipChild() int {
 	}
 	return 0
 }
+
+// The master opens its binds one at a time (one Open per address, so a
+// reload reopens only new ones): a repeated HOST:0 must still get its own
+// store key, or the next master gets one socket twice and a new port.
+func TestStoreRepeatOpenedAlone(t *testing.T) {
+	addrs := mustParseAll(t, "127.0.0.1:0", "127.0.0.1:0")
+	old := newMemStore()
+	defer old.close()
+	var first []*Socket
+	for i := range addrs {
+		ss, err := Open(addrs[i:i+1], old, Systemd{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first = append(first, ss...)
+	}
+	defer closeAll(first)
+	if first[0].Addr == first[1].Addr {
+		t.Fatalf("both binds on %s; want two ports", first[0].Addr)
+	}
+	wantKeys := []string{"listener:127.0.0.1:0", "listener:127.0.0.1:0#1"}
+	if got := old.keys(); !slices.Equal(got, wantKeys) {
+		t.Errorf("store keys = %q; want %q", got, wantKeys)
+	}
+	next := old.upgrade()
+	defer next.close()
+	for i := range addrs {
+		ss, err := Open(addrs[i:i+1], next, Systemd{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeAll(ss)
+		if ss[0].Addr != first[i].Addr {
+			t.Errorf("next master's bind %d on %s; want %s, kept from the old master", i, ss[0].Addr, first[i].Addr)
+		}
+	}
+}
+
+// Two addresses with one key in one Open would share a store entry: refused.
+func TestOpenRepeatWithoutNumber(t *testing.T) {
+	a, err := Parse("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := newMemStore()
+	defer store.close()
+	socks, err := Open([]Addr{a, a}, store, Systemd{})
+	if want := "--bind 127.0.0.1:0: repeated without its repeat number (parse the list with ParseAll)"; err == nil || err.Error() != want {
+		closeAll(socks)
+		t.Fatalf("Open(the same Addr twice) = %v; want %q", err, want)
+	}
+	if keys := store.keys(); len(keys) != 0 {
+		t.Errorf("store keys after the failed Open = %q; want none", keys)
+	}
+}

@@ -115,17 +115,12 @@ func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 	return socks, nil
 }
 
-// bindKeys names each bind for socket reuse: its text, with "#N" added to
-// the Nth repeat (a repeated HOST:0 is a socket of its own each time).
+// bindKeys names each bind for socket reuse: listener.Addr.Key, the same
+// name listener.Open keeps it under for a master upgrade.
 func bindKeys(addrs []listener.Addr) []string {
-	seen := map[string]int{}
 	keys := make([]string, len(addrs))
 	for i, a := range addrs {
-		keys[i] = a.Raw
-		if n := seen[a.Raw]; n > 0 {
-			keys[i] += "#" + strconv.Itoa(n)
-		}
-		seen[a.Raw]++
+		keys[i] = a.Key()
 	}
 	return keys
 }
