@@ -170,25 +170,38 @@ func (r *procReader) group(pid int) ([]int, error) {
 	return members, nil
 }
 
-// member applies steps 2-4 of Listening to process pid.
+// member applies steps 2-4 of Listening to process pid, in that order.
 func (r *procReader) member(pid int) (listenEvidence, error) {
-	none := listenEvidence{}
 	dir := "/proc/" + strconv.Itoa(pid)
-	fds, err := readDirNames(dir+"/fd", r.buf)
+	held, epolls, err := r.fds(dir)
 	if err != nil {
-		return none, procErr(err)
+		return listenEvidence{}, err
 	}
-	var held []int      // fds that are one of the sockets
-	var epolls []string // fds that are epoll instances
-	var link [32]byte   // fits "socket:[N]" and "anon_inode:[eventpoll]"
-	for _, name := range fds {
+	if ok, err := r.epollAsks(dir, epolls, held); err != nil || ok {
+		if ok {
+			return listenEvidence{Pid: pid, How: "epoll"}, nil
+		}
+		return listenEvidence{}, err
+	}
+	return r.blockedWait(pid, dir, held)
+}
+
+// fds lists the fds of the process at dir ("/proc/PID") that are one of
+// the sockets (held) and those that are epoll instances (their names).
+func (r *procReader) fds(dir string) (held []int, epolls []string, err error) {
+	names, err := readDirNames(dir+"/fd", r.buf)
+	if err != nil {
+		return nil, nil, procErr(err)
+	}
+	var link [32]byte // fits "socket:[N]" and "anon_inode:[eventpoll]"
+	for _, name := range names {
 		path := dir + "/fd/" + name
 		n, err := unix.Readlink(path, link[:])
 		if err != nil {
 			if gone(err) {
 				continue // closed since the listing
 			}
-			return none, procErr(&fs.PathError{Op: "readlink", Path: path, Err: err})
+			return nil, nil, procErr(&fs.PathError{Op: "readlink", Path: path, Err: err})
 		}
 		if ino, ok := parseSocketLink(link[:n]); ok && slices.Contains(r.inodes, ino) {
 			fd, _ := strconv.Atoi(name)
@@ -197,26 +210,40 @@ func (r *procReader) member(pid int) (listenEvidence, error) {
 			epolls = append(epolls, name)
 		}
 	}
+	return held, epolls, nil
+}
+
+// epollAsks is step 2: whether one of the epoll instances epolls (fd
+// names) of the process at dir has one of the sockets registered for
+// EPOLLIN.
+func (r *procReader) epollAsks(dir string, epolls []string, held []int) (bool, error) {
 	for _, name := range epolls {
 		b, err := readProc(dir+"/fdinfo/"+name, r.buf, true)
 		if err != nil {
 			if gone(err) {
 				continue
 			}
-			return none, procErr(err)
+			return false, procErr(err)
 		}
 		targets, err := parseEpollTargets(b)
 		if err != nil {
-			return none, fmt.Errorf("listen readiness: %s/fdinfo/%s: %w", dir, name, err)
+			return false, fmt.Errorf("listen readiness: %s/fdinfo/%s: %w", dir, name, err)
 		}
 		for _, t := range targets {
 			// Kernels before ino: was printed: the fd number in this process.
 			ours := slices.Contains(r.inodes, t.ino) || (t.ino == 0 && slices.Contains(held, t.fd))
 			if ours && t.events&unix.EPOLLIN != 0 {
-				return listenEvidence{Pid: pid, How: "epoll"}, nil
+				return true, nil
 			}
 		}
 	}
+	return false, nil
+}
+
+// blockedWait is steps 3 and 4: a thread of process pid (at dir) blocked in
+// accept on one of held, or in poll or select asking for input on one.
+func (r *procReader) blockedWait(pid int, dir string, held []int) (listenEvidence, error) {
+	none := listenEvidence{}
 	if len(held) == 0 || waitSyscalls == nil {
 		return none, nil
 	}
@@ -320,11 +347,6 @@ func selectAsks(mem int, nfds, readfds uint64, held []int) bool {
 	return false
 }
 
-// gone reports whether err means the process, thread or fd no longer exists.
-func gone(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH)
-}
-
 // procErr turns a failed /proc access into Listening's error: nil when the
 // process is gone, a hint when permission is missing.
 func procErr(err error) error {
@@ -337,69 +359,4 @@ func procErr(err error) error {
 			"else use --ready notify)", err)
 	}
 	return fmt.Errorf("listen readiness: %w", err)
-}
-
-func openProc(path string) (int, error) {
-	for {
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return -1, &fs.PathError{Op: "open", Path: path, Err: err}
-		}
-		return fd, nil
-	}
-}
-
-// readProc reads path into buf: all of it when whole, else one read (a
-// prefix is enough for stat, and syscall fits). The result aliases buf, or a
-// larger buffer when whole needs one.
-func readProc(path string, buf []byte, whole bool) ([]byte, error) {
-	fd, err := openProc(path)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	n := 0
-	for {
-		if n == len(buf) {
-			buf = append(buf, make([]byte, len(buf))...)
-		}
-		m, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
-		}
-		n += m
-		if m == 0 || !whole {
-			return buf[:n], nil
-		}
-	}
-}
-
-// readDirNames lists a directory without sorting, using buf for the raw
-// entries.
-func readDirNames(path string, buf []byte) ([]string, error) {
-	fd, err := openProc(path)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	var names []string
-	for {
-		n, err := unix.ReadDirent(fd, buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &fs.PathError{Op: "readdirent", Path: path, Err: err}
-		}
-		if n <= 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
 }
