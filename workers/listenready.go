@@ -131,38 +131,19 @@ type procReader struct {
 }
 
 // group returns pid (first, unless gone or a zombie) and the other live
-// members of process group pid. It lists /proc and asks getpgid(2) of each
-// process (a syscall, no file: several times cheaper than reading every
-// /proc/N/stat), then confirms each member with its stat.
+// members of process group pid (groupStats), each confirmed by its stat.
 func (r *procReader) group(pid int) ([]int, error) {
-	names, err := readDirNames("/proc", r.buf)
+	stats, err := groupStats(func(n, pg int) bool { return n == pid || pg == pid })
 	if err != nil {
 		return nil, procErr(err)
 	}
 	var members []int
-	for _, name := range names {
-		n, err := strconv.Atoi(name)
-		if err != nil {
-			continue // not a process
-		}
-		if n != pid {
-			if pg, err := unix.Getpgid(n); err != nil || pg != pid {
-				continue // another group, or gone
-			}
-		}
-		b, err := readProc("/proc/"+name+"/stat", r.buf, false)
-		if err != nil {
-			continue // gone; stat is readable by everyone
-		}
-		state, pgrp, err := parseStat(b)
-		if err != nil {
-			return nil, fmt.Errorf("listen readiness: /proc/%d/stat: %w", n, err)
-		}
-		if (n != pid && pgrp != pid) || state == 'Z' || state == 'X' {
+	for _, st := range stats {
+		if (st.PID != pid && st.PGRP != pid) || st.State == "Z" || st.State == "X" {
 			continue
 		}
-		members = append(members, n)
-		if n == pid {
+		members = append(members, st.PID)
+		if st.PID == pid {
 			last := len(members) - 1
 			members[0], members[last] = members[last], members[0]
 		}

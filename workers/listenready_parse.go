@@ -8,37 +8,6 @@ import (
 	"strconv"
 )
 
-// parseStat returns the state and process group of a /proc/PID/stat line,
-// "pid (comm) state ppid pgrp …". comm may hold spaces and ')', so fields are
-// counted from the last ')'.
-func parseStat(b []byte) (state byte, pgrp int, err error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("stat %q: no ')'", b)
-	}
-	var f [3][]byte // state ppid pgrp
-	rest := b[i+1:]
-	for k := range f {
-		rest = bytes.TrimLeft(rest, " \n")
-		end := bytes.IndexAny(rest, " \n")
-		if end < 0 {
-			end = len(rest)
-		}
-		if end == 0 {
-			return 0, 0, fmt.Errorf("stat %q: short", b)
-		}
-		f[k], rest = rest[:end], rest[end:]
-	}
-	if len(f[0]) != 1 {
-		return 0, 0, fmt.Errorf("stat %q: state %q", b, f[0])
-	}
-	pgrp, err = strconv.Atoi(string(f[2]))
-	if err != nil {
-		return 0, 0, fmt.Errorf("stat %q: pgrp: %w", b, err)
-	}
-	return f[0][0], pgrp, nil
-}
-
 // parseSyscall parses /proc/PID/task/TID/syscall: "NR ARG1 … ARG6 SP PC"
 // (hex) while the thread is blocked in syscall NR; "-1 SP PC" while it is
 // blocked outside a syscall and "running" while it runs, both with in false.

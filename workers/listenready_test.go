@@ -20,38 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestParseStat(t *testing.T) {
-	for _, tc := range []struct {
-		in        string
-		state     byte
-		pgrp      int
-		wantError bool
-	}{
-		{in: "5550 (python3) S 5548 5546 3839 0 -1 4194304", state: 'S', pgrp: 5546},
-		{in: "7 (a b) c) ) Z 1 7 7 0", state: 'Z', pgrp: 7},
-		{in: "9 (x) R 1 12", state: 'R', pgrp: 12}, // a prefix read is enough
-		{in: "9 () S 1 2 3", state: 'S', pgrp: 2},
-		{in: "9 (x S 1 2", wantError: true},
-		{in: "9 (x) S 1", wantError: true},
-		{in: "9 (x) S 1 ", wantError: true},
-		{in: "9 (x) S 1 2\n", state: 'S', pgrp: 2},
-		{in: "9 (x) S 1 two 3", wantError: true},
-		{in: "9 (x) SS 1 2 3", wantError: true},
-		{in: "", wantError: true},
-	} {
-		state, pgrp, err := parseStat([]byte(tc.in))
-		if tc.wantError {
-			if err == nil {
-				t.Errorf("parseStat(%q) = %c %d, want an error", tc.in, state, pgrp)
-			}
-			continue
-		}
-		if err != nil || state != tc.state || pgrp != tc.pgrp {
-			t.Errorf("parseStat(%q) = %q %d %v, want %q %d", tc.in, state, pgrp, err, tc.state, tc.pgrp)
-		}
-	}
-}
-
 func TestParseSyscall(t *testing.T) {
 	for _, tc := range []struct {
 		in        string

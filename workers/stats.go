@@ -1,55 +1,27 @@
 package workers
 
-import (
-	"fmt"
-	"os"
-	"strconv"
-
-	"golang.org/x/sys/unix"
-)
+import "os"
 
 // GroupRSS returns the resident memory, in bytes, of each process group
 // named in groups (a worker leads its own group, so its pid names it): the
-// sum over its live processes of /proc/N/statm's resident pages. One scan of
-// /proc serves every group; a group with no process left is absent. It
-// reads /proc only and blocks for no longer than that.
+// sum over its processes of the rss field of /proc/N/stat, resident pages
+// (the same counter as the second field of /proc/N/statm). One scan of
+// /proc serves every group (groupStats: a getpgid(2) per process, a stat
+// read per member); a group with no process left is absent, and a process
+// whose stat cannot be read or parsed is left out. It reads /proc only and
+// blocks for no longer than that.
 func GroupRSS(groups []int) map[int]int64 {
 	want := make(map[int]bool, len(groups))
 	for _, g := range groups {
 		want[g] = true
 	}
 	rss := make(map[int]int64, len(groups))
-	buf := make([]byte, 64<<10)
-	names, err := readDirNames("/proc", buf)
-	if err != nil {
-		return rss
-	}
+	stats, _ := groupStats(func(_, pg int) bool { return want[pg] })
 	page := int64(os.Getpagesize())
-	for _, name := range names {
-		n, err := strconv.Atoi(name)
-		if err != nil {
-			continue // not a process
-		}
-		pg, err := unix.Getpgid(n)
-		if err != nil || !want[pg] {
-			continue
-		}
-		b, err := readProc("/proc/"+name+"/statm", buf, false)
-		if err != nil {
-			continue // gone
-		}
-		if pages, ok := statmResident(b); ok {
-			rss[pg] += pages * page
+	for _, st := range stats {
+		if want[st.PGRP] { // the group at the time of the read
+			rss[st.PGRP] += int64(st.RSS) * page
 		}
 	}
 	return rss
-}
-
-// statmResident is the second field of /proc/N/statm: resident pages.
-func statmResident(b []byte) (int64, bool) {
-	var size, resident int64
-	if _, err := fmt.Sscan(string(b), &size, &resident); err != nil {
-		return 0, false
-	}
-	return resident, true
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 func main() {
@@ -85,28 +87,28 @@ func measure(bin string, n int, idle time.Duration) error {
 	return nil
 }
 
+// rssKiB is the process's resident memory (VmRSS) in KiB.
 func rssKiB(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			return strconv.Atoi(f[1])
-		}
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return int(st.VmRSS / 1024), nil
 }
 
 // cpuTicks is the process's user+system time in clock ticks.
 func cpuTicks(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return ut + st, nil
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return int(st.UTime + st.STime), nil
 }
