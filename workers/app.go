@@ -17,7 +17,7 @@ import (
 )
 
 // Ready tells the master this worker is ready (READY=1 on NOTIFY_SOCKET).
-// Without NOTIFY_SOCKET it does nothing. Serve calls it for you.
+// Without NOTIFY_SOCKET it does nothing. Serve sends READY=1 itself.
 func Ready() error { return Notify(os.Getenv("NOTIFY_SOCKET"), "READY=1") }
 
 // Listeners returns the sockets this worker serves on. Under the supervisor
@@ -55,14 +55,18 @@ func standaloneAddr(getenv func(string) string) string {
 // worker protocol on NOTIFY_SOCKET, and drains without losing an accepted
 // request. It blocks, and returns nil after a clean drain.
 //
-// While serving it sends READY=1 once every listener is being served;
-// WATCHDOG=1 every WATCHDOG_USEC/2 when WATCHDOG_USEC is set (and
-// WATCHDOG_PID is unset or this process), until it returns; and X_REQUESTS=N,
-// the requests that reached the handler so far, at most every 250ms and only
-// when N changed. It wraps srv.Handler (nil: http.DefaultServeMux) to count
-// requests and srv.ConnState to track connections; both still call the
-// originals. Without NOTIFY_SOCKET it sends nothing. A failed send is not
-// fatal: the first one is logged to stderr, later ones are not.
+// While serving it sends READY=1 right after starting one srv.Serve
+// goroutine per listener, without waiting for them to reach Accept: the
+// listeners are already open and the kernel queues connections on them, so
+// one that arrives first waits for its Accept and none is lost. It also
+// sends WATCHDOG=1 every WATCHDOG_USEC/2 when WATCHDOG_USEC is set (and
+// WATCHDOG_PID is unset or this process), until it returns; and
+// X_REQUESTS=N, the requests that reached the handler so far, at most every
+// 250ms and only when N changed. It wraps srv.Handler (nil:
+// http.DefaultServeMux) to count requests and srv.ConnState to track
+// connections; both still call the originals. Without NOTIFY_SOCKET it
+// sends nothing. A failed send is not fatal: the first one is logged to
+// stderr, later ones are not.
 //
 // On SIGTERM it sends STOPPING=1 and drains. Go's own Shutdown drops a
 // request read after shutdown began (DESIGN §5), so the drain runs in this

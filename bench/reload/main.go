@@ -11,8 +11,11 @@
 //
 // Scenarios: plain (the example app), broken (a deploy whose new workers
 // exit 3 before ready: every reload rolls back, then a fixed deploy
-// succeeds), slow (--boot-delay 2s), uvicorn (unmodified, Debian's
-// python3-uvicorn; with keep-alive, then with a new connection per request).
+// succeeds), slow (--boot-delay 2s), recycle (the example app; one reload
+// turns on -max-requests and -max-requests-jitter, and the reload phase is
+// then -recycle-for of recycling with no reload, counting the workers
+// recycled), uvicorn (unmodified, Debian's python3-uvicorn; with
+// keep-alive, then with a new connection per request).
 // Every master runs with --ready auto, the default.
 //
 // It exits non-zero when a request failed, except the resets by uvicorn's
