@@ -1,8 +1,9 @@
 package workers
 
-// Generic /proc access, shared by Listening and GroupRSS: the stat of a
-// process group's members through procfs, and plain syscalls on reused
-// buffers for the rest, retried on EINTR, errors as *fs.PathError.
+// Generic /proc access: the stats of process groups' members through procfs
+// (groupStats, for Listening and GroupRSS), and for the rest of Listening's
+// reads plain syscalls on reused buffers, retried on EINTR, errors as
+// *fs.PathError.
 
 import (
 	"cmp"
@@ -71,8 +72,8 @@ func openProc(path string) (int, error) {
 }
 
 // readProc reads path into buf: all of it when whole, else one read (a
-// prefix is enough for stat, and syscall fits). The result aliases buf, or a
-// larger buffer when whole needs one.
+// task's syscall file fits in one). The result aliases buf, or a larger
+// buffer when whole needs one.
 func readProc(path string, buf []byte, whole bool) ([]byte, error) {
 	fd, err := openProc(path)
 	if err != nil {
