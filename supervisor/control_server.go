@@ -250,8 +250,8 @@ func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
 	return cred, nil
 }
 
-// readRequest reads and checks one Request: a known command and, for scale
-// and timeout, values that parse.
+// readRequest reads and checks one Request: a command in the commands
+// table whose check passes (checkCommand), and a timeout that parses.
 func readRequest(r io.Reader) (Request, error) {
 	lr := &io.LimitedReader{R: r, N: controlMaxRequest + 1}
 	var req Request
@@ -266,14 +266,8 @@ func readRequest(r io.Reader) (Request, error) {
 		}
 		return req, fmt.Errorf("not a JSON request: %w", err)
 	}
-	switch req.Command {
-	case "status", "reload", "stop":
-	case "scale":
-		if _, _, err := ParseScale(req.Scale); err != nil {
-			return req, err
-		}
-	default:
-		return req, fmt.Errorf("unknown command %q (want status, reload, scale or stop)", req.Command)
+	if err := checkCommand(req); err != nil {
+		return req, err
 	}
 	if req.Timeout != "" {
 		if d, err := time.ParseDuration(req.Timeout); err != nil || d < 0 {
