@@ -2,7 +2,6 @@ package listener
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -224,35 +224,11 @@ func TestPermissionDenied(t *testing.T) {
 		}
 		return
 	}
-	// The test binary may sit in a directory only root can enter: copy it.
-	dir, err := os.MkdirTemp("", "listener-nobody")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	bin := filepath.Join(dir, "listener.test")
-	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = io.Copy(dst, src)
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil || os.Chmod(dir, 0o755) != nil {
-		t.Fatal(err)
-	}
-	cmd := helperCmd(t, helperContext(t), "open", "LISTENER_TEST_BINDS=127.0.0.1:80")
-	cmd.Path, cmd.Args, cmd.Dir = bin, []string{bin}, dir
+	// The test binary may sit in a directory only root can enter: run a
+	// copy anyone may run.
+	bin := testkit.PublicBinary(t)
+	cmd := testkit.Command(t, helperContext(t), "open", "LISTENER_TEST_BINDS=127.0.0.1:80")
+	cmd.Path, cmd.Args, cmd.Dir = bin, []string{bin}, filepath.Dir(bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.Output()
 	if err != nil {

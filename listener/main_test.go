@@ -2,91 +2,26 @@ package listener
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
-// The test binary re-runs itself as a helper process (as Go's os/exec tests
-// do): helperEnv names the helper, which runs instead of the tests.
-const helperEnv = "LISTENER_TEST_HELPER"
-
-var helpers = map[string]func() int{
-	"open":            helperOpen,
-	"inherited":       helperInherited,
-	"tableflip-child": helperTableflipChild,
+// The test binary re-runs itself as a helper process (testkit, as Go's
+// os/exec tests do): testkit.Command(t, ctx, name, env...) runs one.
+func init() {
+	testkit.Register("open", helperOpen)
+	testkit.Register("inherited", helperInherited)
+	testkit.Register("tableflip-child", helperTableflipChild)
 }
 
-var (
-	helpersMu   sync.Mutex
-	helpersUsed = map[string]bool{}
-)
-
-func TestMain(m *testing.M) {
-	if name := os.Getenv(helperEnv); name != "" {
-		h, ok := helpers[name]
-		if !ok {
-			fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
-			os.Exit(2)
-		}
-		os.Exit(h())
-	}
-	goleak.VerifyTestMain(checkHelpers{m})
-}
-
-// checkHelpers fails a full run (no -run filter) that never used a helper.
-type checkHelpers struct{ m *testing.M }
-
-func (c checkHelpers) Run() int {
-	code := c.m.Run()
-	if f := flag.Lookup("test.run"); code != 0 || testing.Short() || f == nil || f.Value.String() != "" {
-		return code
-	}
-	helpersMu.Lock()
-	defer helpersMu.Unlock()
-	for name := range helpers {
-		if !helpersUsed[name] {
-			fmt.Fprintf(os.Stderr, "helper %q was never used\n", name)
-			code = 1
-		}
-	}
-	return code
-}
-
-func markHelper(name string) {
-	helpersMu.Lock()
-	defer helpersMu.Unlock()
-	helpersUsed[name] = true
-}
-
-// helperCmd runs the test binary as helper name with env added (LISTEN_*
-// variables of this process removed). The command is bounded by ctx.
-func helperCmd(t *testing.T, ctx context.Context, name string, env ...string) *exec.Cmd {
-	t.Helper()
-	markHelper(name)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(ctx, exe)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LISTEN_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, helperEnv+"="+name)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.WaitDelay = time.Second
-	return cmd
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // runHelper runs helper name to the end (30s at most) and returns its
 // stdout; a non-zero exit fails the test.

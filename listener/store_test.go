@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -216,8 +217,9 @@ func TestTableflipUpgrade(t *testing.T) {
 	}
 
 	out := filepath.Join(dir, "child.out")
-	markHelper("tableflip-child")
-	t.Setenv(helperEnv, "tableflip-child")
+	// tableflip starts this binary again with this process's environment.
+	name, value, _ := strings.Cut(testkit.Use("tableflip-child"), "=")
+	t.Setenv(name, value)
 	t.Setenv("LISTENER_TEST_BINDS", strings.Join(binds, "\n"))
 	t.Setenv("LISTENER_TEST_OUT", out)
 	// Upgrade returns once the child is ready, or exited, or after 30s. Just

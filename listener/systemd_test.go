@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -218,7 +219,7 @@ func TestSystemdEnv(t *testing.T) {
 		{"systemd:nope", "web:admin", `error: --bind systemd:nope: systemd passed no socket named "nope" (passed: web, admin)`},
 	}
 	for _, tc := range tests {
-		cmd := helperCmd(t, helperContext(t), "open", "LISTENER_TEST_BINDS="+tc.binds, "LISTEN_FDS=2", "LISTEN_FDNAMES="+tc.names)
+		cmd := testkit.Command(t, helperContext(t), "open", "LISTENER_TEST_BINDS="+tc.binds, "LISTEN_FDS=2", "LISTEN_FDNAMES="+tc.names)
 		cmd.ExtraFiles = files
 		if got := strings.TrimSpace(runHelper(t, cmd)); got != tc.want {
 			t.Errorf("binds %q, names %q: helper printed\n%s\nwant\n%s", tc.binds, tc.names, got, tc.want)
@@ -226,7 +227,7 @@ func TestSystemdEnv(t *testing.T) {
 	}
 
 	// Without LISTEN_FDS nothing was passed, whatever fds are open.
-	cmd := helperCmd(t, helperContext(t), "open", "LISTENER_TEST_BINDS=systemd")
+	cmd := testkit.Command(t, helperContext(t), "open", "LISTENER_TEST_BINDS=systemd")
 	cmd.ExtraFiles = files
 	if got, want := strings.TrimSpace(runHelper(t, cmd)), "error: --bind systemd: no sockets passed by systemd"; !strings.HasPrefix(got, want) {
 		t.Errorf("without LISTEN_FDS: helper printed %q; want %q...", got, want)
@@ -260,7 +261,7 @@ func TestInherited(t *testing.T) {
 		defer c.Close()
 		conns = append(conns, c)
 	}
-	cmd := helperCmd(t, helperContext(t), "inherited", "LISTEN_FDS=2", "LISTEN_FDNAMES=web:admin")
+	cmd := testkit.Command(t, helperContext(t), "inherited", "LISTEN_FDS=2", "LISTEN_FDNAMES=web:admin")
 	cmd.ExtraFiles = files
 	got := strings.TrimSpace(runHelper(t, cmd))
 	want := fmt.Sprintf("names web,admin\nenv left []\nweb %s\nadmin %s", addrs[0], addrs[1])
@@ -282,7 +283,7 @@ func TestInherited(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	cmd = helperCmd(t, helperContext(t), "inherited", "LISTEN_FDS=1")
+	cmd = testkit.Command(t, helperContext(t), "inherited", "LISTEN_FDS=1")
 	cmd.ExtraFiles = []*os.File{r}
 	if got, want := strings.TrimSpace(runHelper(t, cmd)), "error: inherited fd 3 (unknown) is not a listening socket: socket operation on non-socket"; got != want {
 		t.Errorf("helper printed %q; want %q", got, want)
