@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"github.com/supervisor-dev/supervisor/signals"
 )
 
@@ -114,12 +115,12 @@ func (m *tinyMaster) start(path string, args []string, extra ...string) *testWor
 	return w
 }
 
-// startHelper starts the named spawnHelpers entry as a worker. Under -race
+// startHelper starts the named helper (testkit.Register) as a worker. Under -race
 // it skips the race runtime's 1s sleep at exit.
 func (m *tinyMaster) startHelper(name string, extra ...string) *testWorker {
 	m.t.Helper()
 	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	return m.start(os.Args[0], []string{"worker"}, append(extra, helperEnv+"="+name, "GORACE="+gorace)...)
+	return m.start(os.Args[0], []string{"worker"}, append(extra, testkit.Use(name), "GORACE="+gorace)...)
 }
 
 // from says whether n came from w: its own pid, or a process in its group

@@ -1,13 +1,14 @@
 package workers
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"io/fs"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -289,6 +291,7 @@ asyncio.run(main())`
 
 // Each way of waiting for connections is seen, by the evidence it leaves.
 func TestListeningSeesWaiters(t *testing.T) {
+	testkit.MaySkip("listen-fd3") // the Go case below; the test skips without python3
 	py := needPython(t)
 	exe, err := os.Executable()
 	if err != nil {
@@ -307,7 +310,7 @@ func TestListeningSeesWaiters(t *testing.T) {
 			"p.register(r, select.POLLIN); p.register(s, select.POLLIN); p.poll()"}, nil, []string{"poll", "ppoll"}},
 		{"asyncio", []string{py, "-c", pyAsyncio}, nil, []string{"epoll"}},
 		{"node", []string{"node", "-e", `require("net").createServer(() => {}).listen({fd: 3})`}, nil, []string{"epoll"}},
-		{"go net.FileListener", []string{exe}, []string{helperEnv + "=listen-fd3"}, []string{"epoll"}},
+		{"go net.FileListener", []string{exe}, []string{testkit.Use("listen-fd3")}, []string{"epoll"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := exec.LookPath(tc.argv[0]); err != nil {
@@ -402,13 +405,8 @@ func TestListeningGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer zombie.Wait()
-	deadline := time.Now().Add(10 * time.Second)
-	for !isZombie(zombie.Process.Pid) {
-		if time.Now().After(deadline) {
-			t.Fatal("not a zombie within 10s")
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval
-	}
+	// Nothing waits for it before the deferred Wait: not alive is a zombie.
+	testkit.WaitFor(t, 10*time.Second, "a zombie", func() bool { return !testkit.Alive(zombie.Process.Pid) })
 	if ok, err := Listening(zombie.Process.Pid, []uint64{ino}); ok || err != nil {
 		t.Errorf("Listening(zombie) = %v, %v; want false, nil", ok, err)
 	}
@@ -451,50 +449,22 @@ func listeningOfHelper() int {
 
 // Without the right to read another user's /proc files, Listening says so.
 func TestListeningPermission(t *testing.T) {
+	testkit.MaySkip("listening-of")
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a helper as nobody")
 	}
 	fd, ino := listenSocket(t, 0)
 	p := startHolding(t, fd, true, nil, "sleep", "60")
 
-	// The test binary lives in a 0700 directory: copy it where nobody can run it.
-	dir, err := os.MkdirTemp("", "listenready")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	bin := dir + "/workers.test"
-	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	cmd := exec.Command(bin)
-	cmd.Dir = dir
-	cmd.Env = []string{helperEnv + "=listening-of", "LISTENING_PID=" + strconv.Itoa(p.pid),
-		"LISTENING_INO=" + strconv.FormatUint(ino, 10)}
+	// The test binary lives in a 0700 directory: run a copy nobody can run.
+	bin := testkit.PublicBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := testkit.Command(t, ctx, "listening-of", "LISTENING_PID="+strconv.Itoa(p.pid),
+		"LISTENING_INO="+strconv.FormatUint(ino, 10))
+	cmd.Path, cmd.Args, cmd.Dir = bin, []string{bin}, filepath.Dir(bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	cmd.Stderr = os.Stderr
-	timer := time.AfterFunc(30*time.Second, func() { _ = cmd.Process.Kill() })
-	defer timer.Stop()
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("helper as nobody: %v", err)

@@ -3,10 +3,9 @@ package workers
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
-func TestMain(m *testing.M) {
-	dispatchHelper()
-	goleak.VerifyTestMain(m)
-}
+// Workers started through the exec shim are this test binary run as
+// "BINARY __exec-shim PATH ARGV0 ARGS...".
+func TestMain(m *testing.M) { testkit.Main(m, testkit.Arg(ShimArg, RunShim)) }

@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,10 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,23 +173,25 @@ func TestNotifySocketClosesReceivedFDs(t *testing.T) {
 	}
 }
 
-// TestNotifyHelperProcess is not a test: it is the sender that
-// TestNotifySocketSenderGone runs as a child process.
-func TestNotifyHelperProcess(t *testing.T) {
-	addr := os.Getenv("SUPERVISOR_TEST_NOTIFY_HELPER")
-	if addr == "" {
-		t.Skip("helper process only")
-	}
-	if err := Notify(addr, "STOPPING=1"); err != nil {
-		t.Fatal(err)
-	}
+// notify-stopping is the sender TestNotifySocketSenderGone runs as a child
+// process: it sends STOPPING=1 to $SUPERVISOR_TEST_NOTIFY_HELPER and exits.
+func init() {
+	testkit.Register("notify-stopping", func() int {
+		if err := Notify(os.Getenv("SUPERVISOR_TEST_NOTIFY_HELPER"), "STOPPING=1"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
+	})
 }
 
 func TestNotifySocketSenderGone(t *testing.T) {
 	s := listenTestNotify(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestNotifyHelperProcess$")
-	cmd.Env = append(environWithout("NOTIFY_SOCKET"), "SUPERVISOR_TEST_NOTIFY_HELPER="+s.Addr(),
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := testkit.Command(t, ctx, "notify-stopping", "SUPERVISOR_TEST_NOTIFY_HELPER="+s.Addr(),
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0")) // a -race child otherwise sleeps 1 s at exit
+	cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, "NOTIFY_SOCKET=") })
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}

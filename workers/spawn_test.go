@@ -2,6 +2,7 @@ package workers
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -13,17 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"github.com/supervisor-dev/supervisor/signals"
 	"golang.org/x/sys/unix"
 )
 
-const helperEnv = "WORKERS_TEST_HELPER"
-
-// spawnHelpers are worker programs: this test binary re-run (through the
-// exec shim) with helperEnv naming one.
-var spawnHelpers = map[string]func() int{
+// The helpers are worker programs: this test binary re-run (through the
+// exec shim) with testkit.Use(name) in its environment.
+func init() {
 	// report prints what the worker sees of its contract as JSON on stdout.
-	"report": func() int {
+	testkit.Register("report", func() int {
 		pgid, _ := unix.Getpgid(0)
 		proto, _ := unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		fl, _ := unix.FcntlInt(3, unix.F_GETFL, 0)
@@ -34,9 +34,9 @@ var spawnHelpers = map[string]func() int{
 			"fd3_protocol": strconv.Itoa(proto), "fd3_nonblock": strconv.FormatBool(fl&unix.O_NONBLOCK != 0),
 		})
 		return 0
-	},
+	})
 	// sleep-with-child waits for a signal, with a child in its group.
-	"sleep-with-child": func() int {
+	testkit.Register("sleep-with-child", func() int {
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGUSR1)
 		pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "60"}, &syscall.ProcAttr{})
@@ -46,28 +46,17 @@ var spawnHelpers = map[string]func() int{
 		os.Stdout.WriteString(strconv.Itoa(pid) + "\n")
 		<-c
 		return 0
-	},
+	})
 	// listen-fd3 is a Go app: net.FileListener on fd 3, then Accept (listenready_test.go).
-	"listen-fd3": listenFD3Helper,
+	testkit.Register("listen-fd3", listenFD3Helper)
 	// listening-of prints Listening($LISTENING_PID, [$LISTENING_INO]) as JSON.
-	"listening-of": listeningOfHelper,
+	testkit.Register("listening-of", listeningOfHelper)
 	// serve is a Go app using Listeners and Serve (app_test.go).
-	"serve": serveHelper,
+	testkit.Register("serve", serveHelper)
 	// plain-shutdown is a Go app that calls srv.Shutdown on SIGTERM (app_test.go).
-	"plain-shutdown": plainShutdownHelper,
+	testkit.Register("plain-shutdown", plainShutdownHelper)
 	// listeners writes what Listeners returned to $OUT (app_test.go).
-	"listeners": listenersHelper,
-}
-
-// dispatchHelper runs a helper or the shim when this binary is one; it is
-// called from TestMain.
-func dispatchHelper() {
-	if len(os.Args) > 1 && os.Args[1] == ShimArg {
-		os.Exit(RunShim(os.Args[2:]))
-	}
-	if name := os.Getenv(helperEnv); name != "" {
-		os.Exit(spawnHelpers[name]())
-	}
+	testkit.Register("listeners", listenersHelper)
 }
 
 // startHelper starts helper name as a worker through the shim with one
@@ -95,7 +84,7 @@ func startHelper(t *testing.T, r *signals.Reaper, name string, exited chan Exit)
 	_ = raw.Control(func(fd uintptr) { wfd = int(fd) })
 	p, err := Start(Spec{
 		Path: os.Args[0], Args: []string{"worker"}, Shim: []string{os.Args[0], ShimArg},
-		Env:     Env(os.Environ(), []string{helperEnv + "=" + name}, Contract{Names: []string{"web:1"}, Slot: 3, Generation: 1}),
+		Env:     Env(os.Environ(), []string{testkit.Use(name)}, Contract{Names: []string{"web:1"}, Slot: 3, Generation: 1}),
 		Sockets: []int{ln}, Stdout: wfd, Stderr: 2, Forker: r, Exited: exited,
 	})
 	pw.Close()
@@ -162,23 +151,10 @@ func TestSignalReachesTheGroup(t *testing.T) {
 	if ex := waitExit(t, exited); !ex.Status.Signaled() || ex.Status.Signal() != syscall.SIGKILL {
 		t.Errorf("worker %s, want killed by SIGKILL", Describe(ex.Status))
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for syscall.Kill(child, 0) == nil && !isZombie(child) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker's child %d survived a signal to the group", child)
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval
-	}
+	testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("the worker's child %d to be gone with its group", child), func() bool { return !testkit.Alive(child) })
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Errorf("signal to a gone group: %v, want nil", err)
 	}
-}
-
-func isZombie(pid int) bool {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
 
 // The parent-death signal is tied to the thread that forked the worker. Go
