@@ -1,12 +1,12 @@
-package supervisor
+package supervisor_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -14,18 +14,24 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/controltest"
+	"github.com/supervisor-dev/supervisor/internal/testkit"
+	"github.com/supervisor-dev/supervisor/supervisor"
 )
 
 // controlPathEnv tells the control-client helper where to connect.
 const controlPathEnv = "SUPERVISOR_TEST_CONTROL"
 
-// controlClientHelper is the control-client helper: one status call to the
-// socket in controlPathEnv, its outcome printed as JSON on stdout.
+// control-client makes one status call on the control socket in
+// controlPathEnv and prints the outcome as JSON on stdout.
+func init() { testkit.Register("control-client", controlClientHelper) }
+
 func controlClientHelper() int {
-	resp, err := CallControl(os.Getenv(controlPathEnv), Request{Command: "status"}, 5*time.Second)
+	resp, err := supervisor.CallControl(os.Getenv(controlPathEnv), supervisor.Request{Command: "status"}, 5*time.Second)
 	out := struct {
-		Response Response `json:"response"`
-		Err      string   `json:"err,omitempty"`
+		Response supervisor.Response `json:"response"`
+		Err      string              `json:"err,omitempty"`
 	}{Response: resp}
 	if err != nil {
 		out.Err = err.Error()
@@ -34,53 +40,14 @@ func controlClientHelper() int {
 	return 0
 }
 
-// fakeLoop stands in for the master's loop: it answers every Call with
-// answer (nil: never answers) and records each request on the returned
-// channel. It ends with the test.
-func fakeLoop(t *testing.T, answer func(Request) (Response, bool)) (chan<- Call, <-chan Request) {
-	t.Helper()
-	calls := make(chan Call)
-	seen := make(chan Request, 100)
-	quit, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case c := <-calls:
-				seen <- c.Request
-				if r, ok := answer(c.Request); ok {
-					c.Reply <- r
-				}
-			case <-quit:
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() { close(quit); <-done })
-	return calls, seen
-}
-
 // echo answers OK with the request in Message.
-func echo(req Request) (Response, bool) {
+func echo(req supervisor.Request) (supervisor.Response, bool) {
 	b, _ := json.Marshal(req)
-	return Response{OK: true, Message: string(b)}, true
-}
-
-// serveControl starts a control server at a fresh path with loop answers.
-func serveControl(t *testing.T, answer func(Request) (Response, bool)) (*ControlServer, <-chan Request) {
-	t.Helper()
-	s, err := ListenControl(filepath.Join(t.TempDir(), "control.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	calls, seen := fakeLoop(t, answer)
-	s.Serve(calls)
-	t.Cleanup(func() { s.Close() })
-	return s, seen
+	return supervisor.Response{OK: true, Message: string(b)}, true
 }
 
 // rawExchange writes payload on a fresh connection and returns the answer.
-func rawExchange(t *testing.T, path string, payload []byte) Response {
+func rawExchange(t *testing.T, path string, payload []byte) supervisor.Response {
 	t.Helper()
 	conn, err := net.Dial("unix", path)
 	if err != nil {
@@ -96,7 +63,7 @@ func rawExchange(t *testing.T, path string, payload []byte) Response {
 		}
 		written <- err
 	}()
-	var resp Response
+	var resp supervisor.Response
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
 		t.Fatalf("read answer: %v", err)
 	}
@@ -105,7 +72,7 @@ func rawExchange(t *testing.T, path string, payload []byte) Response {
 	return resp
 }
 
-func noCall(t *testing.T, seen <-chan Request) {
+func noCall(t *testing.T, seen <-chan supervisor.Request) {
 	t.Helper()
 	select {
 	case r := <-seen:
@@ -115,16 +82,16 @@ func noCall(t *testing.T, seen <-chan Request) {
 }
 
 func TestControlRoundTrip(t *testing.T) {
-	status := &Status{Pid: 42, Phase: "running", Generation: 3, Target: 3, Workers: 2, Ready: 2,
+	status := &supervisor.Status{Pid: 42, Phase: "running", Generation: 3, Target: 3, Workers: 2, Ready: 2,
 		Started: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
-		Pool:    []WorkerInfo{{Pid: 100, Slot: 0, Generation: 3, State: "ready", Requests: 7, Status: "serving"}}}
-	s, seen := serveControl(t, func(req Request) (Response, bool) {
+		Pool:    []supervisor.WorkerInfo{{Pid: 100, Slot: 0, Generation: 3, State: "ready", Requests: 7, Status: "serving"}}}
+	s, seen := controltest.Serve(t, func(req supervisor.Request) (supervisor.Response, bool) {
 		if req.Command == "status" {
-			return Response{OK: true, Status: status}, true
+			return supervisor.Response{OK: true, Status: status}, true
 		}
 		return echo(req)
 	})
-	for _, req := range []Request{
+	for _, req := range []supervisor.Request{
 		{Command: "reload"},
 		{Command: "reload", Wait: true, Timeout: "5m0s"},
 		{Command: "scale", Scale: "3"},
@@ -133,7 +100,7 @@ func TestControlRoundTrip(t *testing.T) {
 		{Command: "stop"},
 		{Command: "stop", Fast: true},
 	} {
-		resp, err := CallControl(s.Path(), req, 5*time.Second)
+		resp, err := supervisor.CallControl(s.Path(), req, 5*time.Second)
 		if err != nil {
 			t.Fatalf("%+v: %v", req, err)
 		}
@@ -150,7 +117,7 @@ func TestControlRoundTrip(t *testing.T) {
 			t.Fatalf("%+v: the loop got nothing", req)
 		}
 	}
-	resp, err := CallControl(s.Path(), Request{Command: "status"}, 5*time.Second)
+	resp, err := supervisor.CallControl(s.Path(), supervisor.Request{Command: "status"}, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,8 +130,8 @@ func TestControlRoundTrip(t *testing.T) {
 // error of the exchange.
 func TestControlFailureIsAnAnswer(t *testing.T) {
 	why := "reload rolled back: worker 0 (pid 123) exited with status 3 before it was ready"
-	s, _ := serveControl(t, func(Request) (Response, bool) { return Response{Error: why}, true })
-	resp, err := CallControl(s.Path(), Request{Command: "reload", Wait: true}, 5*time.Second)
+	s, _ := controltest.Serve(t, func(supervisor.Request) (supervisor.Response, bool) { return supervisor.Response{Error: why}, true })
+	resp, err := supervisor.CallControl(s.Path(), supervisor.Request{Command: "reload", Wait: true}, 5*time.Second)
 	if err != nil || resp.OK || resp.Error != why {
 		t.Fatalf("got %+v, %v; want OK false with %q", resp, err, why)
 	}
@@ -174,7 +141,7 @@ func TestControlSocketMode(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "run", "sub") // missing: created
 	path := filepath.Join(dir, "control.sock")
 	old := syscall.Umask(0) // the mode must not depend on the umask
-	s, err := ListenControl(path)
+	s, err := supervisor.ListenControl(path)
 	syscall.Umask(old)
 	if err != nil {
 		t.Fatal(err)
@@ -214,30 +181,30 @@ func TestControlStaleSocketReplaced(t *testing.T) {
 	}
 	dead.SetUnlinkOnClose(false)
 	dead.Close() // a master that died: the file stays, nobody listens
-	if _, err := CallControl(path, Request{Command: "status"}, time.Second); err == nil ||
+	if _, err := supervisor.CallControl(path, supervisor.Request{Command: "status"}, time.Second); err == nil ||
 		err.Error() != "no master running at "+path+" (stale socket)" {
 		t.Fatalf("CallControl on a stale socket: %v", err)
 	}
-	s, err := ListenControl(path)
+	s, err := supervisor.ListenControl(path)
 	if err != nil {
 		t.Fatalf("ListenControl over a stale socket: %v", err)
 	}
 	defer s.Close()
-	calls, _ := fakeLoop(t, echo)
+	calls, _ := controltest.FakeLoop(t, echo)
 	s.Serve(calls)
-	if resp, err := CallControl(path, Request{Command: "stop"}, 5*time.Second); err != nil || !resp.OK {
+	if resp, err := supervisor.CallControl(path, supervisor.Request{Command: "stop"}, 5*time.Second); err != nil || !resp.OK {
 		t.Fatalf("after replacing the stale socket: %+v, %v", resp, err)
 	}
 }
 
 func TestControlLiveSocketRefused(t *testing.T) {
-	s, _ := serveControl(t, echo)
-	_, err := ListenControl(s.Path())
+	s, _ := controltest.Serve(t, echo)
+	_, err := supervisor.ListenControl(s.Path())
 	want := fmt.Sprintf("control socket %s: another master is running (pid %d): give each master its own --control (or --pid)", s.Path(), os.Getpid())
 	if err == nil || err.Error() != want {
 		t.Fatalf("second ListenControl: %v, want %q", err, want)
 	}
-	if resp, err := CallControl(s.Path(), Request{Command: "status"}, 5*time.Second); err != nil || !resp.OK {
+	if resp, err := supervisor.CallControl(s.Path(), supervisor.Request{Command: "status"}, 5*time.Second); err != nil || !resp.OK {
 		t.Fatalf("the first server after the refusal: %+v, %v", resp, err)
 	}
 }
@@ -247,14 +214,14 @@ func TestControlNotASocketKept(t *testing.T) {
 	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ListenControl(path)
+	_, err := supervisor.ListenControl(path)
 	if err == nil || !strings.Contains(err.Error(), "exists and is not a socket") {
 		t.Fatalf("ListenControl over a regular file: %v, want 'exists and is not a socket'", err)
 	}
 	if b, err := os.ReadFile(path); err != nil || string(b) != "precious" {
 		t.Fatalf("the file is now %q, %v; want it untouched", b, err)
 	}
-	if _, err := CallControl(path, Request{Command: "status"}, time.Second); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := supervisor.CallControl(path, supervisor.Request{Command: "status"}, time.Second); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("CallControl on a regular file: %v, want 'not a socket'", err)
 	}
 }
@@ -270,14 +237,14 @@ func TestControlForeignDirectoryRefused(t *testing.T) {
 	if err := os.Chown(dir, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ListenControl(filepath.Join(dir, "control.sock"))
+	_, err := supervisor.ListenControl(filepath.Join(dir, "control.sock"))
 	if err == nil || !strings.Contains(err.Error(), "is owned by uid 65534") {
 		t.Fatalf("ListenControl in nobody's directory: %v, want 'is owned by uid 65534'", err)
 	}
 }
 
 func TestControlBadRequests(t *testing.T) {
-	s, seen := serveControl(t, echo)
+	s, seen := controltest.Serve(t, echo)
 	cases := []struct {
 		name, payload, want string
 	}{
@@ -305,7 +272,7 @@ func TestControlBadRequests(t *testing.T) {
 // A client that connects and sends nothing is answered after the read
 // timeout at the latest; Close does not wait for it.
 func TestControlCloseEndsEverything(t *testing.T) {
-	s, seen := serveControl(t, func(Request) (Response, bool) { return Response{}, false }) // never answers
+	s, seen := controltest.Serve(t, func(supervisor.Request) (supervisor.Response, bool) { return supervisor.Response{}, false }) // never answers
 	path := s.Path()
 
 	idle, err := net.Dial("unix", path) // sends nothing
@@ -315,7 +282,7 @@ func TestControlCloseEndsEverything(t *testing.T) {
 	defer idle.Close()
 	waiting := make(chan error, 1) // a reload --wait the loop never answers
 	go func() {
-		resp, err := CallControl(path, Request{Command: "reload", Wait: true}, 0)
+		resp, err := supervisor.CallControl(path, supervisor.Request{Command: "reload", Wait: true}, 0)
 		if err == nil && !strings.Contains(resp.Error, "shutting down") {
 			err = fmt.Errorf("got %+v, want an answer saying the master is shutting down", resp)
 		}
@@ -351,7 +318,7 @@ func TestControlCloseEndsEverything(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := CallControl(path, Request{Command: "status"}, time.Second); err == nil ||
+	if _, err := supervisor.CallControl(path, supervisor.Request{Command: "status"}, time.Second); err == nil ||
 		!strings.HasPrefix(err.Error(), "no master running: control socket "+path+" not found") {
 		t.Fatalf("CallControl after Close: %v", err)
 	}
@@ -360,21 +327,21 @@ func TestControlCloseEndsEverything(t *testing.T) {
 
 // An answer the loop gave just before Close still reaches the client.
 func TestControlAnswerBeforeCloseWins(t *testing.T) {
-	s, err := ListenControl(filepath.Join(t.TempDir(), "control.sock"))
+	s, err := supervisor.ListenControl(filepath.Join(t.TempDir(), "control.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	calls := make(chan Call)
+	calls := make(chan supervisor.Call)
 	s.Serve(calls)
-	got := make(chan Response, 1)
+	got := make(chan supervisor.Response, 1)
 	go func() {
-		resp, _ := CallControl(s.Path(), Request{Command: "stop"}, 5*time.Second)
+		resp, _ := supervisor.CallControl(s.Path(), supervisor.Request{Command: "stop"}, 5*time.Second)
 		got <- resp
 	}()
 	select {
 	case c := <-calls:
-		c.Reply <- Response{OK: true, Message: "stopping"}
+		c.Reply <- supervisor.Response{OK: true, Message: "stopping"}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the loop got no call")
 	}
@@ -392,7 +359,7 @@ func TestControlAnswerBeforeCloseWins(t *testing.T) {
 // Close leaves a file that replaced the socket alone, and so does a server
 // whose socket was handed on (SetUnlinkOnClose(false)).
 func TestControlCloseRemovesOnlyItsOwn(t *testing.T) {
-	s, _ := serveControl(t, echo)
+	s, _ := controltest.Serve(t, echo)
 	if err := os.Remove(s.Path()); err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +373,7 @@ func TestControlCloseRemovesOnlyItsOwn(t *testing.T) {
 		t.Fatalf("Close removed a file that was not its socket: %v", err)
 	}
 
-	s2, _ := serveControl(t, echo)
+	s2, _ := controltest.Serve(t, echo)
 	s2.SetUnlinkOnClose(false)
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
@@ -419,14 +386,14 @@ func TestControlCloseRemovesOnlyItsOwn(t *testing.T) {
 func TestCallControlErrors(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.sock")
-	_, err := CallControl(missing, Request{Command: "status"}, time.Second)
+	_, err := supervisor.CallControl(missing, supervisor.Request{Command: "status"}, time.Second)
 	if want := "no master running: control socket " + missing + " not found (start one, or give --control)"; err == nil || err.Error() != want {
 		t.Errorf("missing socket: %v, want %q", err, want)
 	}
 
-	s, _ := serveControl(t, func(Request) (Response, bool) { return Response{}, false })
+	s, _ := controltest.Serve(t, func(supervisor.Request) (supervisor.Response, bool) { return supervisor.Response{}, false })
 	start := time.Now()
-	_, err = CallControl(s.Path(), Request{Command: "reload", Wait: true}, 200*time.Millisecond)
+	_, err = supervisor.CallControl(s.Path(), supervisor.Request{Command: "reload", Wait: true}, 200*time.Millisecond)
 	if !errors.Is(err, os.ErrDeadlineExceeded) || err.Error() != "control socket "+s.Path()+": no answer within 200ms" {
 		t.Errorf("no answer: %v, want 'no answer within 200ms' matching os.ErrDeadlineExceeded", err)
 	}
@@ -438,11 +405,11 @@ func TestCallControlErrors(t *testing.T) {
 // As root: the socket's mode keeps other users out, and SO_PEERCRED does
 // too where the mode would not (here: chmod 0666).
 func TestControlPeerCredentials(t *testing.T) {
+	testkit.MaySkip("control-client")
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as nobody")
 	}
-	// A directory nobody can enter, holding a copy of this binary nobody
-	// can run.
+	// A directory nobody may enter, for the socket (t.TempDir's are 0700).
 	dir, err := os.MkdirTemp("", "control-cred-")
 	if err != nil {
 		t.Fatal(err)
@@ -451,33 +418,30 @@ func TestControlPeerCredentials(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "supervisor.test")
-	if b, err := os.ReadFile(os.Args[0]); err != nil {
-		t.Fatal(err)
-	} else if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	path := filepath.Join(dir, "control.sock")
-	s, err := ListenControl(path)
+	s, err := supervisor.ListenControl(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	calls, seen := fakeLoop(t, echo)
+	calls, seen := controltest.FakeLoop(t, echo)
 	s.Serve(calls)
 
-	asNobody := func() (Response, string) {
+	asNobody := func() (supervisor.Response, string) {
 		t.Helper()
-		cmd := exec.Command(bin)
-		cmd.Env = append(os.Environ(), helperEnv+"=control-client", controlPathEnv+"="+path)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		bin := testkit.PublicBinary(t) // the test binary's own directory is closed to nobody
+		cmd := testkit.Command(t, ctx, "control-client", controlPathEnv+"="+path)
+		cmd.Path, cmd.Args = bin, []string{bin}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		out, err := cmd.Output()
 		if err != nil {
 			t.Fatalf("helper: %v\n%s", err, out)
 		}
 		var got struct {
-			Response Response `json:"response"`
-			Err      string   `json:"err"`
+			Response supervisor.Response `json:"response"`
+			Err      string              `json:"err"`
 		}
 		if err := json.Unmarshal(out, &got); err != nil {
 			t.Fatalf("helper output %q: %v", out, err)
@@ -499,14 +463,14 @@ func TestControlPeerCredentials(t *testing.T) {
 	}
 	noCall(t, seen)
 	// Root still gets through.
-	if resp, err := CallControl(path, Request{Command: "status"}, 5*time.Second); err != nil || !resp.OK {
+	if resp, err := supervisor.CallControl(path, supervisor.Request{Command: "status"}, 5*time.Second); err != nil || !resp.OK {
 		t.Errorf("as root: %+v, %v", resp, err)
 	}
 }
 
 func TestDefaultControlPath(t *testing.T) {
 	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-	if got, want := DefaultControlPath("/run/app.pid"), "/run/user/1000/supervisor/control.sock"; got != want {
+	if got, want := supervisor.DefaultControlPath("/run/app.pid"), "/run/user/1000/supervisor/control.sock"; got != want {
 		t.Errorf("with XDG_RUNTIME_DIR: %q, want %q", got, want)
 	}
 	t.Setenv("XDG_RUNTIME_DIR", "")
@@ -517,7 +481,7 @@ func TestDefaultControlPath(t *testing.T) {
 		"/run/x.sock":    "/run/x.sock.sock",
 		"/run/.pid":      "/run/.pid.sock",
 	} {
-		if got := DefaultControlPath(pid); got != want {
+		if got := supervisor.DefaultControlPath(pid); got != want {
 			t.Errorf("pid file %q: %q, want %q", pid, got, want)
 		}
 	}
@@ -525,7 +489,7 @@ func TestDefaultControlPath(t *testing.T) {
 	if uid := os.Geteuid(); uid != 0 {
 		want = filepath.Join(os.TempDir(), "supervisor-"+strconv.Itoa(uid), "control.sock")
 	}
-	if got := DefaultControlPath(""); got != want {
+	if got := supervisor.DefaultControlPath(""); got != want {
 		t.Errorf("neither: %q, want %q", got, want)
 	}
 }
@@ -551,7 +515,7 @@ func TestParseScale(t *testing.T) {
 		{" 2", 0, false, `want N, +N or -N, got " 2"`},
 	}
 	for _, tc := range cases {
-		n, rel, err := ParseScale(tc.in)
+		n, rel, err := supervisor.ParseScale(tc.in)
 		got := ""
 		if err != nil {
 			got = err.Error()

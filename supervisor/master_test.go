@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/workers"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -19,40 +19,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const helperEnv = "SUPERVISOR_TEST_HELPER"
-
-// helpers are worker programs: this test binary re-run with helperEnv set.
-var helpers = map[string]func() int{
+// The helpers are worker programs: this test binary re-run (through the
+// exec shim) with testkit.Use(name) in its environment.
+func init() {
 	// ready-then-wait sends READY=1 and waits for SIGTERM, never touching
 	// its sockets.
-	"ready-then-wait": func() int {
-		term := make(chan os.Signal, 1)
-		signal.Notify(term, syscall.SIGTERM)
-		if err := workers.Ready(); err != nil {
-			return 1
-		}
-		<-term
-		return 0
-	},
+	testkit.Register("ready-then-wait", readyThenWait)
 	// ready-then-crash sends READY=1 and exits 1 at once.
-	"ready-then-crash": func() int {
+	testkit.Register("ready-then-crash", func() int {
 		_ = workers.Ready()
 		return 1
-	},
-	// control-client makes one status call on the control socket in
-	// controlPathEnv and prints the outcome as JSON (control_test.go).
-	"control-client": controlClientHelper,
+	})
 }
 
-func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == workers.ShimArg {
-		os.Exit(workers.RunShim(os.Args[2:]))
+func readyThenWait() int {
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	if err := workers.Ready(); err != nil {
+		return 1
 	}
-	if name := os.Getenv(helperEnv); name != "" {
-		os.Exit(helpers[name]())
-	}
-	goleak.VerifyTestMain(m)
+	<-term
+	return 0
 }
+
+func TestMain(m *testing.M) { testkit.Main(m, testkit.Arg(workers.ShimArg, workers.RunShim)) }
 
 // harness runs a master in-process on one 127.0.0.1:0 socket.
 type harness struct {
@@ -86,7 +76,9 @@ func startMaster(t *testing.T, helper string, edit func(*Config)) *harness {
 	cfg := Defaults()
 	cfg.Command = []string{os.Args[0]}
 	cfg.Bind = []string{"127.0.0.1:0"}
-	cfg.Env = []string{helperEnv + "=" + helper}
+	if helper != "" { // "": the test's edit sets a command that is not this binary
+		cfg.Env = []string{testkit.Use(helper)}
+	}
 	cfg.GracefulTimeout = 5 * time.Second
 	if edit != nil {
 		edit(&cfg)
@@ -216,18 +208,6 @@ func (h *harness) stop() error {
 	return nil
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval
-	}
-}
-
 func getfl(t *testing.T, fd int) int {
 	t.Helper()
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
@@ -297,7 +277,7 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	h := startMaster(t, "ready-then-crash", func(c *Config) { c.Workers = 1 })
 	h.waitReady()
 	began := time.Now()
-	waitFor(t, 10*time.Second, "5 crashes", func() bool { return h.logs.FilterMessage("worker exited unexpectedly; replacing it").Len() >= 5 })
+	testkit.WaitFor(t, 10*time.Second, "5 crashes", func() bool { return h.logs.FilterMessage("worker exited unexpectedly; replacing it").Len() >= 5 })
 	// Five crashes are followed by waits of 0, 0.1, 0.2, 0.4 s (and 0.8 s
 	// before the sixth start).
 	if took := time.Since(began); took < 700*time.Millisecond {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"github.com/supervisor-dev/supervisor/workers"
 	"go.uber.org/zap"
 )
@@ -16,9 +17,9 @@ import (
 func init() {
 	// silent-after-ready sends READY=1 and then nothing, not even
 	// WATCHDOG=1, until SIGTERM.
-	helpers["silent-after-ready"] = helpers["ready-then-wait"]
+	testkit.Register("silent-after-ready", readyThenWait)
 	// heartbeat sends READY=1, then WATCHDOG=1 every 50 ms.
-	helpers["heartbeat"] = func() int {
+	testkit.Register("heartbeat", func() int {
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
 		addr := os.Getenv("NOTIFY_SOCKET")
@@ -32,7 +33,7 @@ func init() {
 				_ = workers.Notify(addr, "WATCHDOG=1")
 			}
 		}
-	}
+	})
 }
 
 // Over many draws the limits cover the whole range [base, base+jitter] and
@@ -143,7 +144,7 @@ func TestRecycleByLifetime(t *testing.T) {
 	h.waitReady()
 	first := h.workers()
 	sample := startSampler(h, 2, 3)
-	waitFor(t, 30*time.Second, "both first workers replaced", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "both first workers replaced", func() bool {
 		ready := 0
 		for _, w := range h.workers() {
 			if w.Pid == first[0].Pid || w.Pid == first[1].Pid {
@@ -170,7 +171,7 @@ func TestRecycleByRequestsUnderLoad(t *testing.T) {
 	h.waitReady()
 	load := startLoad(h.sock.Addr, 4)
 	sample := startSampler(h, 2, 3)
-	waitFor(t, 30*time.Second, "4 recycles by requests", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "4 recycles by requests", func() bool {
 		return h.logs.FilterMessage("recycling worker").FilterField(zapString("reason", recycleRequests)).Len() >= 4
 	})
 	load.stop(t)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/workers"
 )
@@ -19,7 +20,7 @@ import (
 func init() {
 	// listen-only serves on fd 3 without ever sending READY=1: only
 	// listen readiness can see it.
-	helpers["listen-only"] = func() int {
+	testkit.Register("listen-only", func() int {
 		os.Unsetenv("NOTIFY_SOCKET")
 		lns, _, err := listener.Inherited()
 		if err != nil {
@@ -30,10 +31,10 @@ func init() {
 			return 1
 		}
 		return 0
-	}
+	})
 	// http serves "pid generation" on every inherited socket, sends
 	// READY=1, and drains on SIGTERM (workers.Serve).
-	helpers["http"] = func() int {
+	testkit.Register("http", func() int {
 		lns, _, err := listener.Inherited()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -48,7 +49,7 @@ func init() {
 			return 1
 		}
 		return 0
-	}
+	})
 }
 
 var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -174,7 +175,16 @@ func startSampler(h *harness, want, maxProcs int) *sampler {
 				s.done <- fmt.Sprintf("ok after %d samples", samples)
 				return
 			}
-			st := (<-c.Reply).Status
+			var st *Status
+			select {
+			case r := <-c.Reply:
+				st = r.Status
+			case <-time.After(10 * time.Second):
+				// Not testkit.Recv: t.Fatal may not be called from this
+				// goroutine. The failure goes to stop, as violations do.
+				s.done <- fmt.Sprintf("sample %d: no answer to status within 10s", samples+1)
+				return
+			}
 			samples++
 			time.Sleep(time.Millisecond) // sampling interval: leave the loop time to work
 			if len(st.Pool) > maxProcs || (st.Phase == "running" && st.Ready < want) {
@@ -189,7 +199,8 @@ func startSampler(h *harness, want, maxProcs int) *sampler {
 func (s *sampler) stop(t *testing.T) {
 	t.Helper()
 	close(s.quit)
-	if msg := <-s.done; !strings.HasPrefix(msg, "ok") {
+	// The sampler may be waiting up to 10s for an answer before it sees quit.
+	if msg := testkit.Recv(t, s.done, 20*time.Second, "the sampler to stop"); !strings.HasPrefix(msg, "ok") {
 		t.Error(msg)
 	} else {
 		t.Log("pool bounds", msg)
@@ -280,7 +291,7 @@ func TestHUPStormMerges(t *testing.T) {
 		h.signals <- syscall.SIGHUP
 	}
 	var ws []WorkerInfo
-	waitFor(t, 30*time.Second, "every worker in generation 6", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "every worker in generation 6", func() bool {
 		ws = h.workers()
 		if len(ws) != 2 {
 			return false
@@ -316,7 +327,7 @@ func TestReloadChangesBinds(t *testing.T) {
 	if r := h.call(Request{Command: "reload", Wait: true}); !r.OK {
 		t.Fatal(r.Error)
 	}
-	waitFor(t, 10*time.Second, "the removed bind to refuse connections", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the removed bind to refuse connections", func() bool {
 		_, err := ask(second)
 		return err != nil && strings.Contains(err.Error(), "refused")
 	})
