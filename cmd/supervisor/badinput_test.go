@@ -54,7 +54,7 @@ func TestBadInput(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			out, code := runToEnd(t, command(tc.args...))
+			out, code := runToEnd(t, command(t, tc.args...))
 			if code == 0 {
 				t.Fatalf("exit code 0, want non-zero; output:\n%s", out)
 			}
@@ -71,7 +71,7 @@ func TestBadInputPermissionDenied(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the master as nobody")
 	}
-	cmd := command("--bind", "127.0.0.1:80", "--", "/bin/sleep", "60")
+	cmd := command(t, "--bind", "127.0.0.1:80", "--", "/bin/sleep", "60")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, code := runToEnd(t, cmd)
 	if code == 0 || !strings.Contains(lastLine(out), "permission denied") {

@@ -109,7 +109,7 @@ func TestEffectiveConfigRereads(t *testing.T) {
 // check prints every setting; its output is itself a valid config file
 // that loads back to the same settings.
 func TestCheckPrintsEffectiveSettings(t *testing.T) {
-	out, code := runToEnd(t, command("check", "--config", configs+"good.yaml", "--workers", "8"))
+	out, code := runToEnd(t, command(t, "check", "--config", configs+"good.yaml", "--workers", "8"))
 	if code != 0 {
 		t.Fatalf("exit %d, want 0; output:\n%s", code, out)
 	}
@@ -170,7 +170,7 @@ func TestCheckRejects(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			out, code := runToEnd(t, command(append([]string{"check"}, tc.args...)...))
+			out, code := runToEnd(t, command(t, append([]string{"check"}, tc.args...)...))
 			if code == 0 {
 				t.Fatalf("exit code 0, want non-zero; output:\n%s", out)
 			}
@@ -193,7 +193,7 @@ func TestRunRejectsBadNewSettings(t *testing.T) {
 		{[]string{"--ready", "soon"}, `--ready "soon": want auto, notify, listen or delay`},
 	} {
 		args := append([]string{"run", "--bind", "127.0.0.1:0"}, tc.args...)
-		out, code := runToEnd(t, command(append(args, "--", "/bin/sleep", "60")...))
+		out, code := runToEnd(t, command(t, append(args, "--", "/bin/sleep", "60")...))
 		if last := lastLine(out); code == 0 || !strings.HasPrefix(last, "supervisor: ") || !strings.Contains(last, tc.want) {
 			t.Errorf("%v: exit %d, last line %q; want non-zero and %q", tc.args, code, last, tc.want)
 		}

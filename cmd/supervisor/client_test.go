@@ -9,42 +9,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/controltest"
 	"github.com/supervisor-dev/supervisor/supervisor"
 )
 
 // fakeMaster serves a control socket in this process with a fake loop that
-// answers with answer (false: never) and records every request.
+// answers with answer (false: never) and records every request; it returns
+// the socket's path.
 func fakeMaster(t *testing.T, answer func(supervisor.Request) (supervisor.Response, bool)) (string, <-chan supervisor.Request) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "control.sock")
-	srv, err := supervisor.ListenControl(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	calls := make(chan supervisor.Call)
-	seen := make(chan supervisor.Request, 100)
-	quit, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case c := <-calls:
-				seen <- c.Request
-				if r, ok := answer(c.Request); ok {
-					c.Reply <- r
-				}
-			case <-quit:
-				return
-			}
-		}
-	}()
-	srv.Serve(calls)
-	t.Cleanup(func() {
-		srv.Close()
-		close(quit)
-		<-done
-	})
-	return path, seen
+	srv, seen := controltest.Serve(t, answer)
+	return srv.Path(), seen
 }
 
 func nextRequest(t *testing.T, seen <-chan supervisor.Request) supervisor.Request {
@@ -62,7 +37,7 @@ func nextRequest(t *testing.T, seen <-chan supervisor.Request) supervisor.Reques
 // else non-zero with a last line "supervisor: " + wantErr.
 func runClient(t *testing.T, wantOK bool, wantErr string, args ...string) string {
 	t.Helper()
-	out, code := runToEnd(t, command(args...))
+	out, code := runToEnd(t, command(t, args...))
 	if wantOK {
 		if code != 0 {
 			t.Fatalf("%v: exit %d, want 0; output:\n%s", args, code, out)
@@ -89,13 +64,13 @@ func TestClientNoMaster(t *testing.T) {
 	}
 
 	// The default path: under $XDG_RUNTIME_DIR, else beside --pid.
-	cmd := command("reload")
+	cmd := command(t, "reload")
 	cmd.Env = append(cmd.Env, "XDG_RUNTIME_DIR="+dir)
 	out, code := runToEnd(t, cmd)
 	if want := "supervisor: " + notFound(filepath.Join(dir, "supervisor", "control.sock")); code == 0 || lastLine(out) != want {
 		t.Errorf("reload with XDG_RUNTIME_DIR: exit %d, %q; want %q", code, lastLine(out), want)
 	}
-	cmd = command("status", "--pid", filepath.Join(dir, "app.pid"))
+	cmd = command(t, "status", "--pid", filepath.Join(dir, "app.pid"))
 	cmd.Env = append(cmd.Env, "XDG_RUNTIME_DIR=")
 	out, code = runToEnd(t, cmd)
 	if want := "supervisor: " + notFound(filepath.Join(dir, "app.sock")); code == 0 || lastLine(out) != want {

@@ -16,12 +16,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // Requests are answered by N distinct workers, each of which sees the
 // worker contract of DESIGN §3 and a plain TCP socket on fd 3.
 func TestWorkersSeeTheContract(t *testing.T) {
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "3", "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "3", "--", self(t), "example-app")
 	addr := p.ready()
 	seen := distinctWorkers(t, addr, 3)
 	slots := map[string]bool{}
@@ -51,7 +53,7 @@ func TestWorkersSeeTheContract(t *testing.T) {
 
 // A worker killed with SIGKILL is replaced; the pool is back to N.
 func TestKilledWorkerIsReplaced(t *testing.T) {
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self(t), "example-app")
 	addr := p.ready()
 	before := children(p.cmd.Process.Pid)
 	if len(before) != 2 {
@@ -62,7 +64,7 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	}
 	p.waitLog("worker exited unexpectedly; replacing it", 10*time.Second)
 	var now []int
-	waitFor(t, 10*time.Second, "2 workers again, one of them new", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "2 workers again, one of them new", func() bool {
 		now = children(p.cmd.Process.Pid)
 		return len(now) == 2 && !slices.Contains(now, before[0]) && slices.Contains(now, before[1])
 	})
@@ -85,7 +87,7 @@ func TestMasterKilledLeavesNoWorkers(t *testing.T) {
 	for name, extra := range cases {
 		t.Run(name, func(t *testing.T) {
 			args := append([]string{"--bind", "127.0.0.1:0", "--workers", "4"}, extra...)
-			p := start(t, append(args, "--", self, "example-app")...)
+			p := start(t, append(args, "--", self(t), "example-app")...)
 			addr := p.ready()
 			if extra != nil {
 				if f := getFacts(t, addr); f.UID != 65534 || f.GID != 65534 {
@@ -101,8 +103,8 @@ func TestMasterKilledLeavesNoWorkers(t *testing.T) {
 			p.signal(syscall.SIGKILL)
 			p.wait(5 * time.Second)
 			killed := time.Now()
-			waitFor(t, time.Second, "every worker to be gone", func() bool {
-				return !slices.ContainsFunc(workers, alive)
+			testkit.WaitFor(t, time.Second, "every worker to be gone", func() bool {
+				return !slices.ContainsFunc(workers, testkit.Alive)
 			})
 			t.Logf("all %d workers gone %s after the master", len(workers), time.Since(killed))
 		})
@@ -143,7 +145,7 @@ func load(t *testing.T, addr string, n int) (stop func() (ok, failed int64)) {
 // TERM while requests are in flight: they complete, the master exits 0,
 // and no worker is left.
 func TestTermFinishesInFlightRequests(t *testing.T) {
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self(t), "example-app")
 	addr := p.ready()
 	workers := children(p.cmd.Process.Pid)
 
@@ -178,7 +180,7 @@ func TestTermFinishesInFlightRequests(t *testing.T) {
 	if code := p.wait(15 * time.Second); code != 0 {
 		t.Errorf("exit code %d, want 0", code)
 	}
-	if slices.ContainsFunc(workers, alive) {
+	if slices.ContainsFunc(workers, testkit.Alive) {
 		t.Errorf("workers %v: some still alive after the master exited", workers)
 	}
 }
@@ -198,7 +200,7 @@ func readAll(r interface{ Read([]byte) (int, error) }) string {
 // --shutdown-delay keeps serving new connections for that long after TERM.
 func TestShutdownDelayKeepsServing(t *testing.T) {
 	const delay = 2 * time.Second
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--shutdown-delay", delay.String(), "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--shutdown-delay", delay.String(), "--", self(t), "example-app")
 	addr := p.ready()
 	p.signal(syscall.SIGTERM)
 	termAt := time.Now()
@@ -236,7 +238,7 @@ func TestWorkerIgnoringTermIsKilled(t *testing.T) {
 	if p.findLog("worker did not stop within the graceful timeout; killing its group") == nil {
 		t.Error("no log line about killing the worker")
 	}
-	if slices.ContainsFunc(workers, alive) {
+	if slices.ContainsFunc(workers, testkit.Alive) {
 		t.Errorf("worker %v still alive", workers)
 	}
 }
@@ -261,7 +263,7 @@ func TestSystemdNotifyWrapperIsReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", wrapper, self, "example-app", "--notify=false")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", wrapper, self(t), "example-app", "--notify=false")
 	began := time.Now()
 	addr := p.ready()
 	if took := time.Since(began); took > 10*time.Second {
@@ -279,12 +281,12 @@ func TestSystemdSocketActivation(t *testing.T) {
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	runtimeDir := t.TempDir()
-	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-E", asMainEnv+"=1", "-E", "PATH="+os.Getenv("PATH"), "-E", "XDG_RUNTIME_DIR="+runtimeDir,
-		self, "--bind", "systemd", "--workers", "2", "--", self, "example-app")
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "-E", testkit.Use("supervisor"), "-E", "PATH="+os.Getenv("PATH"), "-E", "XDG_RUNTIME_DIR="+runtimeDir,
+		self(t), "--bind", "systemd", "--workers", "2", "--", self(t), "example-app")
 	p := startCmd(t, cmd)
 	// systemd-socket-activate starts the master on the first connection;
 	// that connection waits in the socket's queue until a worker accepts.
-	waitFor(t, 10*time.Second, "the socket to be bound", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the socket to be bound", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -316,7 +318,7 @@ func freePort(t *testing.T) int {
 // --pid is written once all workers are ready and removed at exit.
 func TestPidFile(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "supervisor.pid")
-	p := start(t, "--bind", "127.0.0.1:0", "--pid", pidFile, "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--pid", pidFile, "--", self(t), "example-app")
 	p.ready()
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -343,14 +345,14 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	}
 	// Each worker leaves an orphan behind: the subshell exits at once, so
 	// its sleep is adopted by PID 1, the master, and exits 0.2 s later.
-	script := writeScript(t, fmt.Sprintf("(sleep 0.2 &)\nexec %s example-app\n", self))
+	script := writeScript(t, fmt.Sprintf("(sleep 0.2 &)\nexec %s example-app\n", self(t)))
 	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-		self, "--bind", "127.0.0.1:0", "--workers", "2", "--", script)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+		self(t), "--bind", "127.0.0.1:0", "--workers", "2", "--", script)
+	cmd.Env = append(os.Environ(), testkit.Use("supervisor"))
 	p := startCmd(t, cmd)
 	addr := p.ready()
 	var master int
-	waitFor(t, 5*time.Second, "the master under unshare", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the master under unshare", func() bool {
 		kids := children(p.cmd.Process.Pid)
 		if len(kids) == 1 {
 			master = kids[0]
@@ -359,7 +361,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	})
 	zombies := func() (z []int) {
 		for _, pid := range children(master) {
-			if !alive(pid) {
+			if !testkit.Alive(pid) {
 				z = append(z, pid)
 			}
 		}
@@ -367,7 +369,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	}
 	// The orphans exist (adopted by the master) until they exit; then none
 	// may linger as a zombie.
-	waitFor(t, 5*time.Second, "the orphans to exit and be reaped", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the orphans to exit and be reaped", func() bool {
 		return len(children(master)) == 2 && len(zombies()) == 0
 	})
 	// Its own workers' exits still reach the master: kill one, it is replaced.
@@ -381,7 +383,7 @@ func TestPID1ReapsOrphans(t *testing.T) {
 // A unix socket with ?mode= serves, and its path is removed at exit.
 func TestUnixSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "app.sock")
-	p := start(t, "--bind", "unix:"+path+"?mode=0660", "--workers", "2", "--", self, "example-app")
+	p := start(t, "--bind", "unix:"+path+"?mode=0660", "--workers", "2", "--", self(t), "example-app")
 	p.ready()
 	st, err := os.Stat(path)
 	if err != nil {
@@ -420,7 +422,7 @@ func TestNotifyFromTheWorkersGroup(t *testing.T) {
 	if _, err := exec.LookPath("systemd-notify"); err != nil {
 		t.Skip("systemd-notify not installed")
 	}
-	script := writeScript(t, fmt.Sprintf("sh -c 'systemd-notify --ready; true'\nexec %s example-app --notify=false\n", self))
+	script := writeScript(t, fmt.Sprintf("sh -c 'systemd-notify --ready; true'\nexec %s example-app --notify=false\n", self(t)))
 	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "60s", "--", script)
 	began := time.Now()
 	addr := p.ready()
@@ -455,7 +457,7 @@ func TestTellsSystemd(t *testing.T) {
 			}
 		}
 	}
-	cmd := command("--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	cmd := command(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self(t), "example-app")
 	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+addr)
 	p := startCmd(t, cmd)
 	next("READY=1")

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,7 +80,7 @@ func startWithStrays(t *testing.T, more map[int]*os.File, bind string) int {
 	for fd, f := range more {
 		extra[fd-3] = f
 	}
-	cmd := command("--bind", bind, "--ready", "delay", "--ready-delay", "100ms", "--", "/bin/sleep", "60")
+	cmd := command(t, "--bind", bind, "--ready", "delay", "--ready-delay", "100ms", "--", "/bin/sleep", "60")
 	cmd.ExtraFiles = extra
 	p := startCmd(t, cmd)
 	t.Cleanup(func() {
@@ -88,7 +89,7 @@ func startWithStrays(t *testing.T, more map[int]*os.File, bind string) int {
 	})
 	p.ready()
 	pid := 0
-	waitFor(t, 10*time.Second, "the worker to exec /bin/sleep", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the worker to exec /bin/sleep", func() bool {
 		for _, kid := range children(p.cmd.Process.Pid) {
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", kid))
 			if argv0, _, _ := strings.Cut(string(b), "\x00"); argv0 == "/bin/sleep" {

@@ -53,7 +53,7 @@ func TestStartErrorIsOneLine(t *testing.T) {
 	frame := regexp.MustCompile(`\.go:\d+|goroutine \d+ \[`)
 	for _, format := range []string{"json", "console"} {
 		t.Run(format, func(t *testing.T) {
-			out, code := runToEnd(t, command("--bind", busy.Addr().String(), "--log-format", format, "--", "/bin/sleep", "60"))
+			out, code := runToEnd(t, command(t, "--bind", busy.Addr().String(), "--log-format", format, "--", "/bin/sleep", "60"))
 			lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 			last := lines[len(lines)-1]
 			if code == 0 || !strings.HasPrefix(last, "supervisor: ") || !strings.Contains(last, "address already in use") {

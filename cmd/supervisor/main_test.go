@@ -16,53 +16,27 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
-// The test binary doubles as the supervisor binary: with asMainEnv set it
-// runs main(), so end-to-end tests drive the real command line (and the
-// exec shim, and the example app) with real signals, race detector included.
-const asMainEnv = "SUPERVISOR_TEST_AS_MAIN"
-
-var (
-	self        string // this binary, copied where any user may run it
-	runtimeRoot string // XDG_RUNTIME_DIRs of the masters started by tests
-)
-
-func TestMain(m *testing.M) {
-	if os.Getenv(asMainEnv) == "1" {
+// The test binary doubles as the supervisor binary: as the "supervisor"
+// helper it runs main(), so end-to-end tests drive the real command line
+// (and the exec shim, and the example app) with real signals, race detector
+// included. The workers a master starts inherit the helper's variable, so
+// the shim and "self example-app" run main() too.
+func init() {
+	testkit.Register("supervisor", func() int {
 		main()
-		os.Exit(0)
-	}
-	// A copy in a world-readable directory, so workers run --user nobody
-	// can exec it.
-	dir, err := os.MkdirTemp("", "supervisor-e2e-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err == nil {
-		self = filepath.Join(dir, "supervisor")
-		runtimeRoot = filepath.Join(dir, "run")
-		err = copyFile(os.Args[0], self)
-	}
-	if err == nil {
-		err = os.Mkdir(runtimeRoot, 0o700)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "setup:", err)
-		os.Exit(2)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+		return 0
+	})
 }
 
-func copyFile(from, to string) error {
-	b, err := os.ReadFile(from)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(to, b, 0o755)
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// self is this binary copied where any user may run it: workers run
+// --user nobody exec it, and so does the shim of a master run as nobody.
+func self(t testing.TB) string { return testkit.PublicBinary(t) }
 
 // syncBuffer collects a process's output for polling.
 type syncBuffer struct {
@@ -92,15 +66,18 @@ type proc struct {
 }
 
 // command returns an unstarted command running this binary as supervisor,
-// with an XDG_RUNTIME_DIR of its own, so that masters running at once each
-// get their own control socket (see controlPath).
-func command(args ...string) *exec.Cmd {
-	cmd := exec.Command(self, args...)
-	runtimeDir, err := os.MkdirTemp(runtimeRoot, "xdg-")
+// with an XDG_RUNTIME_DIR of its own (removed when the test ends), so that
+// masters running at once each get their own control socket (see
+// controlPath).
+func command(t testing.TB, args ...string) *exec.Cmd {
+	t.Helper()
+	runtimeDir, err := os.MkdirTemp("", "supervisor-xdg-")
 	if err != nil {
-		panic(err)
+		t.Fatal(err)
 	}
-	cmd.Env = append(os.Environ(), asMainEnv+"=1", "XDG_RUNTIME_DIR="+runtimeDir)
+	t.Cleanup(func() { os.RemoveAll(runtimeDir) })
+	cmd := exec.Command(self(t), args...)
+	cmd.Env = append(os.Environ(), testkit.Use("supervisor"), "XDG_RUNTIME_DIR="+runtimeDir)
 	return cmd
 }
 
@@ -117,7 +94,7 @@ func controlPath(cmd *exec.Cmd) string {
 // start starts the master with args and ends it (SIGKILL) when the test ends.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	return startCmd(t, command(args...))
+	return startCmd(t, command(t, args...))
 }
 
 func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
@@ -150,7 +127,7 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 func (p *proc) waitLog(msg string, timeout time.Duration) map[string]any {
 	p.t.Helper()
 	var found map[string]any
-	waitFor(p.t, timeout, "log "+strconv.Quote(msg), func() bool {
+	testkit.WaitFor(p.t, timeout, "log "+strconv.Quote(msg), func() bool {
 		found = p.findLog(msg)
 		return found != nil
 	})
@@ -215,29 +192,6 @@ func children(pid int) []int {
 		}
 	}
 	return kids
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval
-	}
 }
 
 // client makes one new connection per request, so every request goes

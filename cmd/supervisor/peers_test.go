@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // Unmodified third-party apps as workers (DESIGN §3): they take fd 3 as
@@ -80,13 +82,13 @@ func testPeerReloads(t *testing.T, args ...string) {
 	served := l.ok.Load()
 	for i := 1; i <= reloads; i++ {
 		p.signal(syscall.SIGHUP)
-		waitFor(t, 20*time.Second, fmt.Sprintf("reload %d to succeed", i), func() bool {
+		testkit.WaitFor(t, 20*time.Second, fmt.Sprintf("reload %d to succeed", i), func() bool {
 			if p.countLogs("reload failed; rolling back") > 0 {
 				t.Fatalf("reload %d rolled back", i)
 			}
 			return p.countLogs("reload succeeded") >= i
 		})
-		waitFor(t, 10*time.Second, fmt.Sprintf("requests served after reload %d", i), func() bool {
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("requests served after reload %d", i), func() bool {
 			return l.ok.Load() > served
 		})
 		served = l.ok.Load()
@@ -98,7 +100,7 @@ func testPeerReloads(t *testing.T, args ...string) {
 	t.Logf("%d requests from %d keep-alive clients during %d reloads, %d failed", l.ok.Load()+l.failed.Load(), clients, reloads, l.failed.Load())
 
 	var now []int
-	waitFor(t, 20*time.Second, "2 workers, none of them from before the reloads", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "2 workers, none of them from before the reloads", func() bool {
 		now = children(master)
 		return len(now) == 2 && !slices.ContainsFunc(now, func(pid int) bool { return slices.Contains(before, pid) })
 	})

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // The README's Python worker (testdata/protocol/worker.py, Debian's python3)
@@ -32,7 +34,7 @@ func TestPythonWorkerIsRecycled(t *testing.T) {
 	if line := p.findLog("recycling worker"); line["reason"] != "max_requests" {
 		t.Errorf("recycled for %v, want max_requests", line["reason"])
 	}
-	waitFor(t, 10*time.Second, "the first workers to be gone", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the first workers to be gone", func() bool {
 		for _, pid := range children(p.cmd.Process.Pid) {
 			for _, f := range first {
 				if pid == f {

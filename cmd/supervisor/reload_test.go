@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // countLogs counts JSON log lines with this msg.
@@ -27,13 +29,13 @@ func (p *proc) countLogs(msg string) int {
 // waitLogCount waits until msg was logged n times.
 func (p *proc) waitLogCount(msg string, n int, timeout time.Duration) {
 	p.t.Helper()
-	waitFor(p.t, timeout, "log "+msg, func() bool { return p.countLogs(msg) >= n })
+	testkit.WaitFor(p.t, timeout, "log "+msg, func() bool { return p.countLogs(msg) >= n })
 }
 
 // Under continuous requests (a new connection each), 10 HUP reloads: every
 // request succeeds and every worker pid changes.
 func TestHUPReloadsUnderLoad(t *testing.T) {
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self(t), "example-app")
 	addr := p.ready()
 	first := children(p.cmd.Process.Pid)
 	stop := load(t, addr, 4)
@@ -46,7 +48,7 @@ func TestHUPReloadsUnderLoad(t *testing.T) {
 	if failed > 0 || ok == 0 {
 		t.Errorf("%d requests failed (%d ok), want none", failed, ok)
 	}
-	waitFor(t, 10*time.Second, "two workers", func() bool { return len(children(p.cmd.Process.Pid)) == 2 })
+	testkit.WaitFor(t, 10*time.Second, "two workers", func() bool { return len(children(p.cmd.Process.Pid)) == 2 })
 	for _, pid := range children(p.cmd.Process.Pid) {
 		if slices.Contains(first, pid) {
 			t.Errorf("worker %d from before the reloads still runs", pid)
@@ -68,20 +70,20 @@ func TestReloadRereadsTheConfigFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("bind: [\"127.0.0.1:0\"]\nworkers: 2\ncommand: [\"" + self + "\", \"example-app\"]\n")
+	write("bind: [\"127.0.0.1:0\"]\nworkers: 2\ncommand: [\"" + self(t) + "\", \"example-app\"]\n")
 	p := start(t, "--config", path)
 	addr := p.ready()
 	if n := len(children(p.cmd.Process.Pid)); n != 2 {
 		t.Fatalf("%d workers, want 2", n)
 	}
-	write("bind: [\"127.0.0.1:0\"]\nworkers: 3\ncommand: [\"" + self + "\", \"example-app\"]\n")
+	write("bind: [\"127.0.0.1:0\"]\nworkers: 3\ncommand: [\"" + self(t) + "\", \"example-app\"]\n")
 	p.signal(syscall.SIGHUP)
 	p.waitLogCount("reload succeeded", 1, 30*time.Second)
-	waitFor(t, 10*time.Second, "3 workers", func() bool { return len(children(p.cmd.Process.Pid)) == 3 })
+	testkit.WaitFor(t, 10*time.Second, "3 workers", func() bool { return len(children(p.cmd.Process.Pid)) == 3 })
 	distinctWorkers(t, addr, 3)
 	serving := children(p.cmd.Process.Pid)
 
-	write("bind: [\"127.0.0.1:0\"]\nworkers: 3\nworker: 4\ncommand: [\"" + self + "\", \"example-app\"]\n")
+	write("bind: [\"127.0.0.1:0\"]\nworkers: 3\nworker: 4\ncommand: [\"" + self(t) + "\", \"example-app\"]\n")
 	p.signal(syscall.SIGHUP)
 	line := p.waitLog("reload failed", 10*time.Second)
 	if e, _ := line["error"].(string); !strings.Contains(e, `unknown key "worker"`) || !strings.Contains(e, ":3:") {
@@ -104,7 +106,7 @@ func sameSet(a, b []int) bool {
 // output and exit code.
 func (p *proc) client(args ...string) (string, int) {
 	p.t.Helper()
-	return runToEnd(p.t, command(append(args, "--control", controlPath(p.cmd))...))
+	return runToEnd(p.t, command(p.t, append(args, "--control", controlPath(p.cmd))...))
 }
 
 // A broken deploy under continuous requests: every request succeeds, the
@@ -114,7 +116,7 @@ func TestBrokenDeployIsRolledBack(t *testing.T) {
 	dir := t.TempDir()
 	broken := filepath.Join(dir, "broken")
 	// The deploy: a wrapper that is the app, unless the new code is bad.
-	app := writeScript(t, fmt.Sprintf("if [ -e %s ]; then echo 'app: cannot import settings' >&2; exit 3; fi\nexec %s example-app\n", broken, self))
+	app := writeScript(t, fmt.Sprintf("if [ -e %s ]; then echo 'app: cannot import settings' >&2; exit 3; fi\nexec %s example-app\n", broken, self(t)))
 	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", app)
 	addr := p.ready()
 	old := children(p.cmd.Process.Pid)
@@ -126,7 +128,7 @@ func TestBrokenDeployIsRolledBack(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "rolled back") || !strings.Contains(out, "exited with status 3 before it was ready") {
 		t.Fatalf("reload --wait: exit %d, output %q; want non-zero and the reason", code, out)
 	}
-	waitFor(t, 10*time.Second, "the old workers alone", func() bool { return sameSet(children(p.cmd.Process.Pid), old) })
+	testkit.WaitFor(t, 10*time.Second, "the old workers alone", func() bool { return sameSet(children(p.cmd.Process.Pid), old) })
 	st := p.statusJSON()
 	if st.Generation != 1 || !strings.Contains(st.LastReload, "rolled back") {
 		t.Errorf("status after the rollback: generation %d, last reload %q", st.Generation, st.LastReload)
@@ -144,7 +146,7 @@ func TestBrokenDeployIsRolledBack(t *testing.T) {
 	}
 	// The old workers were asked to stop when the reload succeeded; they
 	// drain and exit.
-	waitFor(t, 10*time.Second, "the old workers to be gone", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the old workers to be gone", func() bool {
 		return !slices.ContainsFunc(children(p.cmd.Process.Pid), func(pid int) bool { return slices.Contains(old, pid) })
 	})
 }
@@ -176,7 +178,7 @@ func (p *proc) statusJSON() statusJSON {
 // During rollouts, sampled through `status --json`: never more than
 // workers+max_surge processes, never fewer than workers ready.
 func TestRolloutBoundsSampledByStatus(t *testing.T) {
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "4", "--max-surge", "2", "--", self, "example-app", "--boot-delay", "200ms")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "4", "--max-surge", "2", "--", self(t), "example-app", "--boot-delay", "200ms")
 	p.ready()
 	done := make(chan struct{})
 	go func() {
@@ -210,16 +212,16 @@ func TestRolloutBoundsSampledByStatus(t *testing.T) {
 
 // `supervisor scale` changes the pool through the control socket.
 func TestScaleCommand(t *testing.T) {
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self, "example-app")
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--", self(t), "example-app")
 	p.ready()
 	if out, code := p.client("scale", "+1"); code != 0 {
 		t.Fatalf("scale +1: exit %d: %s", code, out)
 	}
-	waitFor(t, 10*time.Second, "3 ready workers", func() bool { st := p.statusJSON(); return st.Ready == 3 && len(st.Pool) == 3 })
+	testkit.WaitFor(t, 10*time.Second, "3 ready workers", func() bool { st := p.statusJSON(); return st.Ready == 3 && len(st.Pool) == 3 })
 	if out, code := p.client("scale", "1"); code != 0 {
 		t.Fatalf("scale 1: exit %d: %s", code, out)
 	}
-	waitFor(t, 10*time.Second, "1 worker", func() bool { return len(children(p.cmd.Process.Pid)) == 1 })
+	testkit.WaitFor(t, 10*time.Second, "1 worker", func() bool { return len(children(p.cmd.Process.Pid)) == 1 })
 	if out, code := p.client("stop"); code != 0 {
 		t.Fatalf("stop: exit %d: %s", code, out)
 	}

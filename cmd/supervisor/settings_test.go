@@ -55,7 +55,7 @@ func TestSettingsTable(t *testing.T) {
 	for _, s := range supervisor.Settings() {
 		want = append(want, s.Key)
 	}
-	out, code := runToEnd(t, command("check", "-c", configs+"good.yaml"))
+	out, code := runToEnd(t, command(t, "check", "-c", configs+"good.yaml"))
 	var doc yaml.Node
 	if code != 0 || yaml.Unmarshal([]byte(out), &doc) != nil || len(doc.Content) != 1 {
 		t.Fatalf("check: exit %d, output is not one YAML document:\n%s", code, out)
