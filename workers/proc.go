@@ -1,9 +1,9 @@
 package workers
 
-// Generic /proc access: the stats of process groups' members through procfs
-// (groupStats, for Listening and GroupRSS), and for the rest of Listening's
-// reads plain syscalls on reused buffers, retried on EINTR, errors as
-// *fs.PathError.
+// Generic /proc access: the members of process groups (groupMembers, for
+// Listening and GroupRSS) and their stats through procfs (groupStats), and
+// for the other reads plain syscalls on reused buffers, retried on EINTR,
+// errors as *fs.PathError.
 
 import (
 	"cmp"
@@ -15,15 +15,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// groupStats lists /proc once and reads the stat (/proc/N/stat, through
-// procfs) of each process that keep accepts, given its pid and its process
-// group from getpgid(2). That pre-filter is a syscall and no file, several
-// times cheaper than reading the stat of every process on the host, so only
-// the processes kept have theirs read. A process gone on the way, or whose
-// stat cannot be read, is left out. A stat that does not parse is left out
-// too and reported in err once the scan is done, with the other stats still
-// returned; only a failed listing returns no stats.
-func groupStats(keep func(pid, pgid int) bool) ([]procfs.ProcStat, error) {
+// member is a process groupMembers kept: procfs's handle and the process
+// group getpgid(2) gave when it was listed.
+type member struct {
+	proc procfs.Proc
+	pgid int
+}
+
+// groupMembers lists /proc once and keeps each process that keep accepts,
+// given its pid and its process group from getpgid(2). That pre-filter is a
+// syscall and no file, several times cheaper than reading every process's
+// stat, so the callers read files of the processes kept only. A process
+// gone on the way is left out; only a failed listing is an error.
+func groupMembers(keep func(pid, pgid int) bool) ([]member, error) {
 	proc, err := procfs.NewFS(procfs.DefaultMountPoint)
 	if err != nil {
 		return nil, err
@@ -32,19 +36,35 @@ func groupStats(keep func(pid, pgid int) bool) ([]procfs.ProcStat, error) {
 	if err != nil {
 		return nil, err
 	}
+	var ms []member
+	for _, p := range procs {
+		if pg, err := unix.Getpgid(p.PID); err == nil && keep(p.PID, pg) {
+			ms = append(ms, member{proc: p, pgid: pg})
+		}
+	}
+	return ms, nil
+}
+
+// groupStats reads the stat (/proc/N/stat, through procfs) of each process
+// groupMembers keeps. A process gone on the way, or whose stat cannot be
+// read, is left out. A stat that does not parse is left out too and
+// reported in err once the scan is done, with the other stats still
+// returned; only a failed listing returns no stats.
+func groupStats(keep func(pid, pgid int) bool) ([]procfs.ProcStat, error) {
+	ms, err := groupMembers(keep)
+	if err != nil {
+		return nil, err
+	}
 	var stats []procfs.ProcStat
 	var bad error
-	for _, p := range procs {
-		if pg, err := unix.Getpgid(p.PID); err != nil || !keep(p.PID, pg) {
-			continue // not wanted, or gone
-		}
-		st, err := p.Stat()
+	for _, m := range ms {
+		st, err := m.proc.Stat()
 		var unread *fs.PathError
 		switch {
 		case errors.As(err, &unread):
 			continue // gone; stat is readable by everyone
 		case err != nil:
-			bad = cmp.Or(bad, fmt.Errorf("/proc/%d/stat: %w", p.PID, err))
+			bad = cmp.Or(bad, fmt.Errorf("/proc/%d/stat: %w", m.proc.PID, err))
 			continue
 		}
 		stats = append(stats, st)

@@ -29,4 +29,10 @@ func TestGroupRSS(t *testing.T) {
 	if _, ok := got[1<<30]; ok {
 		t.Error("a group with no process has an RSS")
 	}
+	if v, ok := statmResident([]byte("100 42 7 1 0 30 0\n")); !ok || v != 42 {
+		t.Errorf("statmResident = %d %v, want 42", v, ok)
+	}
+	if _, ok := statmResident([]byte("100\n")); ok {
+		t.Error("statmResident of a short line: ok")
+	}
 }
