@@ -51,7 +51,7 @@ type master struct {
 	// generation that still has a use: stable, target, or live workers.
 	configs    map[int]*Resolved
 	genSockets map[int][]*listener.Socket
-	sockets    map[string][]*listener.Socket // by bind key, see bindKeys
+	sockets    map[string][]*listener.Socket // by bind key (listener.Addr.Key)
 	stable     int
 	target     int
 	lastGen    int

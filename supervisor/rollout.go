@@ -85,11 +85,14 @@ func (m *master) loadGeneration() (*Resolved, []*listener.Socket, error) {
 
 // socketsFor returns the sockets for a bind list, reusing those already
 // open (a kept bind keeps its socket, and a port-0 bind its port) and
-// opening the others. On error the ones it opened are retired.
+// opening the others. A bind is known by listener.Addr.Key, the name
+// listener.Open keeps its socket under for a master upgrade too. On error
+// the ones it opened are retired.
 func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 	var socks []*listener.Socket
 	var opened []string
-	for i, key := range bindKeys(addrs) {
+	for i, a := range addrs {
+		key := a.Key()
 		if ss, ok := m.sockets[key]; ok {
 			socks = append(socks, ss...)
 			continue
@@ -113,16 +116,6 @@ func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 		socks = append(socks, ss...)
 	}
 	return socks, nil
-}
-
-// bindKeys names each bind for socket reuse: listener.Addr.Key, the same
-// name listener.Open keeps it under for a master upgrade.
-func bindKeys(addrs []listener.Addr) []string {
-	keys := make([]string, len(addrs))
-	for i, a := range addrs {
-		keys[i] = a.Key()
-	}
-	return keys
 }
 
 func (m *master) retire(ss []*listener.Socket) {
