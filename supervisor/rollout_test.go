@@ -311,10 +311,15 @@ func TestHUPStormMerges(t *testing.T) {
 func TestReloadChangesBinds(t *testing.T) {
 	h := startMaster(t, "http", func(c *Config) { c.Workers = 1 })
 	h.waitReady()
+	old := pidsOf(h.waitPool(1, nil))
 	h.setConfig(func(c *Config) { c.Bind = []string{"127.0.0.1:0", "127.0.0.1:0"} })
 	if r := h.call(Request{Command: "reload", Wait: true}); !r.OK {
 		t.Fatal(r.Error)
 	}
+	// The reload succeeded once the new worker was ready; the old one may
+	// still take a connection on the kept bind until it has closed its
+	// listener while it drains.
+	h.waitPool(1, old)
 	line := h.logs.FilterMessage("listening").All()
 	second := line[len(line)-1].ContextMap()["address"].(string)
 	if got, err := ask(second); err != nil || !strings.HasSuffix(got, " 2") {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -24,7 +25,7 @@ func TestWorkerGetsOnlyItsSockets(t *testing.T) {
 		t.Parallel()
 		pid := startWithStrays(t, nil, "127.0.0.1:0")
 		fds := openFDs(t, pid)
-		if got := sortedKeys(fds); !slices.Equal(got, []int{0, 1, 2, 3}) || !strings.HasPrefix(fds[3], "socket:[") {
+		if got := slices.Sorted(maps.Keys(fds)); !slices.Equal(got, []int{0, 1, 2, 3}) || !strings.HasPrefix(fds[3], "socket:[") {
 			t.Errorf("worker's fds %v, want 0, 1, 2 and its socket as 3", fds)
 		}
 	})
@@ -49,7 +50,7 @@ func TestWorkerGetsOnlyItsSockets(t *testing.T) {
 		sock := fmt.Sprintf("socket:[%d]", st.Sys().(*syscall.Stat_t).Ino)
 		pid := startWithStrays(t, map[int]*os.File{5: f}, "fd://5")
 		fds := openFDs(t, pid)
-		if got := sortedKeys(fds); !slices.Equal(got, []int{0, 1, 2, 3}) || fds[3] != sock {
+		if got := slices.Sorted(maps.Keys(fds)); !slices.Equal(got, []int{0, 1, 2, 3}) || fds[3] != sock {
 			t.Errorf("worker's fds %v, want 0, 1, 2 and the adopted %s as 3", fds, sock)
 		}
 	})
@@ -119,15 +120,6 @@ func openFDs(t *testing.T, pid int) map[int]string {
 		fds[fd], _ = os.Readlink(dir + "/" + e.Name())
 	}
 	return fds
-}
-
-func sortedKeys(m map[int]string) []int {
-	keys := make([]int, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // Both ways mark an inheritable descriptor close-on-exec and leave 0-2 as
