@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,14 +13,7 @@ import (
 // Each bad input: a non-zero exit and one last line that names the problem
 // and the fix.
 func TestBadInput(t *testing.T) {
-	// Plain TCP, like the master's own sockets.
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	busy, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { busy.Close() }) // not defer: the subtests run in parallel after this function returns
+	busy := listenTCP(t)
 	dir := t.TempDir()
 	notExec := filepath.Join(dir, "app")
 	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {

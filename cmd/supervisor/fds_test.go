@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -31,14 +29,7 @@ func TestWorkerGetsOnlyItsSockets(t *testing.T) {
 	})
 	t.Run("fd://5", func(t *testing.T) {
 		t.Parallel()
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		f, err := l.(*net.TCPListener).File()
+		f, err := listenTCP(t).File()
 		if err != nil {
 			t.Fatal(err)
 		}

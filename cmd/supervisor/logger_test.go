@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -42,13 +40,7 @@ func TestLoggerStacktraceOnlyForPanics(t *testing.T) {
 // A bind that fails at start ends in one-line log entries and the final
 // "supervisor: ..." line: no stack trace, no goroutine frames.
 func TestStartErrorIsOneLine(t *testing.T) {
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	busy, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
+	busy := listenTCP(t)
 	consoleLine := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\S+\t(\x1b\[\d+m)?(DEBUG|INFO|WARN|ERROR)(\x1b\[0m)?\t[^\t]+(\t\{.*\})?$`)
 	frame := regexp.MustCompile(`\.go:\d+|goroutine \d+ \[`)
 	for _, format := range []string{"json", "console"} {

@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -242,4 +244,19 @@ func distinctWorkers(t *testing.T, addr string, n int) map[int]contractFacts {
 		t.Fatalf("%d distinct worker pids answered in 500 requests, want %d", len(seen), n)
 	}
 	return seen
+}
+
+// listenTCP is a plain-TCP listener on 127.0.0.1:0, like the master's own
+// sockets (not Go's default MPTCP), closed when the test and its parallel
+// subtests end.
+func listenTCP(t *testing.T) *net.TCPListener {
+	t.Helper()
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.(*net.TCPListener)
 }
