@@ -3,6 +3,7 @@ package listener
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"sync"
@@ -30,6 +31,27 @@ type Addr struct {
 	FD      int         // KindFD: the descriptor number
 	Name    string      // KindSystemd: NAME from systemd:NAME, "" for all passed sockets
 	Repeat  int         // N for the Nth repeat of Raw in one ParseAll list (only HOST:0 repeats); else 0
+	// Role is "" for a --bind (a socket for the workers), else the flag of
+	// a socket the master keeps for itself ("metrics"): it is kept in the
+	// Store under Role+":"+Key instead of "listener:"+Key, and errors name
+	// --Role.
+	Role string
+}
+
+// flag is the command-line flag the address came from, for errors.
+func (a Addr) flag() string {
+	if a.Role == "" {
+		return "--bind"
+	}
+	return "--" + a.Role
+}
+
+// storeKey is the name of the address's socket in a Store.
+func (a Addr) storeKey() string {
+	if a.Role == "" {
+		return "listener:" + a.Key()
+	}
+	return a.Role + ":" + a.Key()
 }
 
 // Key names the bind wherever its socket is kept for reuse: by the master
@@ -105,6 +127,26 @@ func (s *Socket) Close() error {
 		}
 	}
 	return err
+}
+
+// Listener returns a net.Listener on a duplicate of the socket, for a
+// socket the master serves itself (the metrics port), never one passed to
+// workers: the runtime's poller makes the socket non-blocking, and that
+// flag belongs to the open file description every duplicate shares (a
+// worker blocked in accept on it would spin or stall; DESIGN §5). Closing
+// the Listener leaves the Socket open.
+func (s *Socket) Listener() (net.Listener, error) {
+	fd := s.RawFD()
+	if fd < 0 {
+		return nil, fmt.Errorf("%s: closed", s.Name)
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: dup: %w", s.Name, err)
+	}
+	f := os.NewFile(uintptr(dup), s.Name)
+	defer f.Close()
+	return net.FileListener(f)
 }
 
 // Retire takes a socket out of service for good, for a bind removed on

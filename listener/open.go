@@ -82,13 +82,13 @@ type opener struct {
 }
 
 func (o *opener) open(a Addr) ([]*Socket, error) {
-	key := "listener:" + a.Key()
+	key := a.storeKey()
 	if a.Kind == KindSystemd {
 		return o.systemd(a, key)
 	}
 	fd, ok, err := o.fromStore(key)
 	if err != nil {
-		return nil, fmt.Errorf("--bind %s: %w", a.Raw, err)
+		return nil, fmt.Errorf("%s %s: %w", a.flag(), a.Raw, err)
 	}
 	var s *Socket
 	switch {
@@ -104,14 +104,14 @@ func (o *opener) open(a Addr) ([]*Socket, error) {
 	case a.Kind == KindFD:
 		s, err = o.inherit(a.FD, "", a.Raw, a.Raw)
 	default:
-		err = fmt.Errorf("--bind %q: unknown kind %d", a.Raw, a.Kind)
+		err = fmt.Errorf("%s %q: unknown kind %d", a.flag(), a.Raw, a.Kind)
 	}
 	if err != nil {
 		return nil, err
 	}
 	s.Name = a.Raw
 	if o.kept[key] { // a second socket under one key would replace the first
-		return []*Socket{s}, fmt.Errorf("--bind %s: repeated without its repeat number (parse the list with ParseAll)", a.Raw)
+		return []*Socket{s}, fmt.Errorf("%s %s: repeated without its repeat number (parse the list with ParseAll)", a.flag(), a.Raw)
 	}
 	o.kept[key] = true
 	if !ok {

@@ -17,11 +17,45 @@ const forms = "HOST:PORT, [::1]:PORT, :PORT, unix:/path[?mode=0660], fd://N, sys
 // --bind unix: paths and --control are checked against it.
 const MaxUnixPath = 107
 
-func bad(s, why string) error {
-	if why == "" {
-		return fmt.Errorf("bad --bind %q: want %s", s, forms)
+// parseError is a value Parse rejects; it names --bind and its forms
+// unless ParseOwn renders it for its own flag.
+type parseError struct {
+	flag, value, why, forms string
+}
+
+func (e *parseError) Error() string {
+	if e.why == "" {
+		return fmt.Sprintf("bad %s %q: want %s", e.flag, e.value, e.forms)
 	}
-	return fmt.Errorf("bad --bind %q: %s; want %s", s, why, forms)
+	return fmt.Sprintf("bad %s %q: %s; want %s", e.flag, e.value, e.why, e.forms)
+}
+
+func bad(s, why string) error { return &parseError{flag: "--bind", value: s, why: why, forms: forms} }
+
+// ParseOwn parses the address of a socket the master serves itself (role
+// "metrics": --metrics), which takes HOST:PORT or unix:/path only and must
+// not be one of the binds (the workers would share it). Addr.Role is role.
+// Errors are one line naming --role, the value and the fix.
+func ParseOwn(role, s string, binds []Addr) (Addr, error) {
+	a, err := Parse(s)
+	var pe *parseError
+	if errors.As(err, &pe) {
+		pe.flag, pe.forms = "--"+role, "HOST:PORT or unix:/path, e.g. 127.0.0.1:9100"
+		return a, pe
+	}
+	if err != nil {
+		return a, err
+	}
+	if a.Kind != KindTCP && a.Kind != KindUnix {
+		return a, &parseError{flag: "--" + role, value: s, why: "the master binds this socket itself", forms: "HOST:PORT or unix:/path, e.g. 127.0.0.1:9100"}
+	}
+	a.Role = role
+	for _, b := range binds {
+		if identity(b) == identity(a) && !strings.HasSuffix(a.Address, ":0") {
+			return a, fmt.Errorf("--%s %s: also given as --bind %s: give the %s endpoint an address of its own, or the workers would serve it", role, s, b.Raw, role)
+		}
+	}
+	return a, nil
 }
 
 // Parse parses one --bind value. Errors are one line naming the value and

@@ -56,6 +56,7 @@ type Config struct {
 	Group     string
 	PidFile   string
 	Control   string // control socket; "": the caller picks one
+	Metrics   string // HOST:PORT or unix:/path for /metrics and /health; "": none
 	LogLevel  string
 	LogFormat string
 }
@@ -63,12 +64,13 @@ type Config struct {
 // Resolved is a validated Config turned into what the master uses.
 type Resolved struct {
 	Config
-	Path       string              // the command's executable, resolved
-	Surge      int                 // MaxSurge resolved against Workers: at least 1
-	MaxRSS     int64               // MaxMemory in bytes; 0: no limit
-	Addrs      []listener.Addr     // parsed Bind
-	StopSig    syscall.Signal      // parsed StopSignal
-	Credential *syscall.Credential // nil: run workers as the master's user
+	Path        string              // the command's executable, resolved
+	Surge       int                 // MaxSurge resolved against Workers: at least 1
+	MaxRSS      int64               // MaxMemory in bytes; 0: no limit
+	Addrs       []listener.Addr     // parsed Bind
+	StopSig     syscall.Signal      // parsed StopSignal
+	Credential  *syscall.Credential // nil: run workers as the master's user
+	MetricsAddr *listener.Addr      // parsed Metrics; nil: none
 }
 
 // Validate checks c and resolves what the master needs. Each error is one
@@ -124,6 +126,13 @@ func (c Config) Validate() (*Resolved, error) {
 	}
 	if r.Addrs, err = listener.ParseAll(c.Bind); err != nil {
 		return nil, err
+	}
+	if c.Metrics != "" {
+		a, err := listener.ParseOwn("metrics", c.Metrics, r.Addrs)
+		if err != nil {
+			return nil, err
+		}
+		r.MetricsAddr = &a
 	}
 	for _, kv := range c.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {

@@ -45,6 +45,7 @@ func TestLoadFileGood(t *testing.T) {
 		Timeout:           30 * time.Second,
 		Chdir:             "/",
 		Control:           "/tmp/supervisor-test.sock",
+		Metrics:           "127.0.0.1:0",
 		LogLevel:          "debug",
 		LogFormat:         "json",
 	}

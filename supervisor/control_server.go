@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/workers"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +35,8 @@ type ControlServer struct {
 	done chan struct{} // closed by Close
 
 	wg sync.WaitGroup // the accept loop and every connection
+
+	metrics *Metrics // counts requests when set (Count); nil: not counted
 
 	mu      sync.Mutex // guards the fields below
 	serving bool
@@ -70,6 +73,10 @@ func (s *ControlServer) SetUnlinkOnClose(unlink bool) {
 	defer s.mu.Unlock()
 	s.unlink = unlink
 }
+
+// Count makes the server count every request it answers in m
+// (supervisor_control_requests_total). Call it before Serve.
+func (s *ControlServer) Count(m *Metrics) { s.metrics = m }
 
 // Serve starts answering connections in the background and returns at once.
 // For each connection it checks the peer's credentials (root or the
@@ -178,47 +185,73 @@ func (s *ControlServer) handle(conn *net.UnixConn, calls chan<- Call) {
 		s.mu.Unlock()
 		conn.Close()
 	}()
-	resp := s.answer(conn, calls)
+	req, resp, fromLoop := s.answer(conn, calls)
+	if resp.Status != nil {
+		// Memory is read here, off the loop: /proc walks cost
+		// milliseconds with hundreds of workers.
+		st := withRSS(*resp.Status, workers.GroupRSS(poolPids(resp.Status.Pool)))
+		resp.Status = &st
+	}
+	if s.metrics != nil {
+		result := "rejected"
+		switch {
+		case resp.OK:
+			result = "ok"
+		case fromLoop:
+			result = "error"
+		}
+		s.metrics.controlRequest(req.Command, result)
+	}
 	_ = conn.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
 	_ = json.NewEncoder(conn).Encode(resp)
 }
 
-// answer is the Response for the one request on conn.
-func (s *ControlServer) answer(conn *net.UnixConn, calls chan<- Call) Response {
+// answer reads the one request on conn and returns it with its Response;
+// fromLoop says the loop gave the answer (rather than the server refusing
+// the request, or answering for a loop that stopped).
+func (s *ControlServer) answer(conn *net.UnixConn, calls chan<- Call) (req Request, resp Response, fromLoop bool) {
 	cred, err := peerCred(conn)
 	if err != nil {
-		return Response{Error: "cannot check the client's credentials: " + err.Error()}
+		return req, Response{Error: "cannot check the client's credentials: " + err.Error()}, false
 	}
 	if uid := int(cred.Uid); uid != 0 && uid != s.uid {
 		// Take the request anyway (bounded by the read deadline), so
 		// closing with unread data does not reset the client's read.
 		_, _ = io.Copy(io.Discard, io.LimitReader(conn, controlMaxRequest))
-		return Response{Error: fmt.Sprintf("permission denied: uid %d is neither root nor the master's user", uid)}
+		return req, Response{Error: fmt.Sprintf("permission denied: uid %d is neither root nor the master's user", uid)}, false
 	}
-	req, err := readRequest(conn)
+	req, err = readRequest(conn)
 	if err != nil && s.closing() {
-		return Response{Error: "the master is shutting down"}
+		return req, Response{Error: "the master is shutting down"}, false
 	}
 	if err != nil {
-		return Response{Error: "bad request: " + err.Error()}
+		return req, Response{Error: "bad request: " + err.Error()}, false
 	}
 	call := Call{Request: req, Reply: make(chan Response, 1)}
 	select {
 	case calls <- call:
 	case <-s.done:
-		return Response{Error: "the master is shutting down"}
+		return req, Response{Error: "the master is shutting down"}, false
 	}
 	select {
 	case r := <-call.Reply:
-		return r
+		return req, r, true
 	case <-s.done:
 		select {
 		case r := <-call.Reply:
-			return r
+			return req, r, true
 		default:
-			return Response{Error: "the master is shutting down; no answer to " + req.Command}
+			return req, Response{Error: "the master is shutting down; no answer to " + req.Command}, false
 		}
 	}
+}
+
+func poolPids(pool []WorkerInfo) []int {
+	pids := make([]int, len(pool))
+	for i, w := range pool {
+		pids[i] = w.Pid
+	}
+	return pids
 }
 
 func (s *ControlServer) closing() bool {

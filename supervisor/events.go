@@ -21,6 +21,11 @@ func (m *master) onExit(ex workers.Exit) {
 	w.endWatch()
 	// Its group may outlive its leader: leave no orphan behind (invariant 4).
 	_ = m.env.signal(w.proc, syscall.SIGKILL)
+	m.requestsDone += w.requests
+	m.metrics.exits.WithLabelValues(m.exitHow(w)).Inc()
+	if !w.drainFrom.IsZero() {
+		m.metrics.drain.Observe(ex.At.Sub(w.drainFrom).Seconds())
+	}
 	how := workers.Describe(ex.Status)
 	if w.state == wStopping || m.phase == stopping {
 		m.log.Info("worker stopped", append(w.fields(), zap.String("how", how))...)
@@ -32,6 +37,20 @@ func (m *master) onExit(ex workers.Exit) {
 	}
 	reason := fmt.Sprintf("worker %d (pid %d) %s%s: %s", w.slot, ex.Pid, how, when, commandLine(w.cfg))
 	m.workerFailed(w.slot, w.gen, reason, ex.At.Sub(w.proc.Started), append(w.fields(), zap.String("how", how)))
+}
+
+// exitHow is how a worker that just exited ended, for
+// supervisor_worker_exits_total.
+func (m *master) exitHow(w *worker) string {
+	switch {
+	case w.timedOut:
+		return exitTimedOut
+	case w.killed:
+		return exitKilled
+	case w.state == wStopping || m.phase == stopping:
+		return exitStopped
+	}
+	return exitCrashed
 }
 
 // workerFailed handles a worker that exited unexpectedly, missed its ready
@@ -48,6 +67,7 @@ func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fi
 	case gen == m.target:
 		prior := priorCrashes(m.crashes[slot], up)
 		m.crashes[slot] = prior + 1
+		m.refill[slot] = startCrash
 		delay := crashDelay(prior)
 		m.restarts[slot] = m.env.now().Add(delay)
 		m.log.Warn("worker exited unexpectedly; replacing it", append(fields, zap.String("reason", reason), zap.Duration("after", delay))...)
@@ -86,7 +106,11 @@ func (m *master) onNotify(n workers.Notification) {
 	if n.Msg.Stopping && w.state != wStopping {
 		// Leaving on its own: its slot is free, so step replaces it now.
 		m.log.Info("worker is leaving on its own; replacing it", w.fields()...)
+		if w.gen == m.target && w.recycleReason == "" {
+			m.refill[w.slot] = startReplace
+		}
 		w.setState(wStopping)
+		w.drainFrom = m.env.now()
 		w.killAt = m.env.now().Add(w.cfg.GracefulTimeout)
 	}
 }
@@ -101,12 +125,14 @@ func (m *master) markReady(w *worker) {
 	if w.cfg.Timeout > 0 {
 		w.heartbeatBy = now.Add(w.cfg.Timeout)
 	}
+	m.metrics.boot.Observe(now.Sub(w.proc.Started).Seconds())
 	m.log.Info("worker ready", append(w.fields(), zap.Duration("boot", now.Sub(w.proc.Started)))...)
 	cfg := m.cfg()
 	if m.phase != booting || m.countReady(m.target) < cfg.Workers {
 		return
 	}
 	m.phase = running
+	m.metrics.lastReloadOK.Set(unixSeconds(now))
 	if m.opts.OnReady != nil {
 		if err := m.opts.OnReady(); err != nil {
 			m.log.Warn("after ready", zap.Error(err))
@@ -141,3 +167,6 @@ func (m *master) countReady(gen int) int {
 }
 
 func commandLine(cfg *Resolved) string { return strings.Join(cfg.Command, " ") }
+
+// unixSeconds is t as a Prometheus timestamp gauge value.
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

@@ -37,6 +37,9 @@ func (m *master) onIntent(intent signals.Intent, from string) {
 		if err := m.scale(n); err != nil {
 			m.log.Warn("scale ignored", zap.Error(err))
 		}
+	case signals.Upgrade:
+		m.log.Warn("upgrade refused: this version cannot replace the master yet", zap.String("signal", from))
+		m.metrics.upgrades.WithLabelValues("refused").Inc()
 	case signals.ReopenLogs:
 		for _, w := range m.workers {
 			_ = m.env.signal(w.proc, syscall.SIGUSR1)

@@ -23,6 +23,9 @@ func (m *master) stop(w *worker, sig syscall.Signal, grace time.Duration) {
 	}
 	w.setState(wStopping)
 	w.killAt = at
+	if w.drainFrom.IsZero() {
+		w.drainFrom = m.env.now()
+	}
 	if err := m.env.signal(w.proc, sig); err != nil {
 		m.log.Warn("signal worker", append(w.fields(), zap.Error(err))...)
 	}
@@ -35,6 +38,7 @@ func (m *master) stopAll(sig syscall.Signal, grace time.Duration) {
 		m.tellSystemd("STOPPING=1")
 		m.log.Info("stopping", zap.Int("workers", len(m.workers)), zap.Duration("grace", grace))
 		if r := m.rollout; r != nil && !r.rollback {
+			m.metrics.reloads.WithLabelValues(reloadAbandoned).Inc()
 			for _, c := range r.waiters {
 				respond(c, Response{Error: "reload abandoned: the master is stopping"})
 			}

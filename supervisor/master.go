@@ -34,6 +34,7 @@ type master struct {
 	opts         Options
 	env          env
 	log          *zap.Logger
+	metrics      *Metrics
 	workerNotify string // NOTIFY_SOCKET given to workers: the master's notify socket
 	forker       workers.Forker
 	exited       chan workers.Exit
@@ -60,12 +61,14 @@ type master struct {
 
 	// restarts holds target slots waiting out a crash backoff: slot ->
 	// when step may start it again.
-	restarts   map[int]time.Time
-	crashes    map[int]int // consecutive crashes per slot
-	drainUntil time.Time   // draining: when shutdown_delay ends
-	nextSample time.Time   // next RSS sample, when max_memory is set
-	sampling   bool        // an RSS sample is under way
-	failure    error       // why the master gives up; returned by Run
+	restarts     map[int]time.Time
+	crashes      map[int]int    // consecutive crashes per slot
+	refill       map[int]string // why a target slot lost its worker: the next start's reason
+	requestsDone int64          // X_REQUESTS of the workers gone, for the requests counter
+	drainUntil   time.Time      // draining: when shutdown_delay ends
+	nextSample   time.Time      // next RSS sample, when max_memory is set
+	sampling     bool           // an RSS sample is under way
+	failure      error          // why the master gives up; returned by Run
 }
 
 // newMaster is the master before its first step: generation 1 is cfg, no
@@ -74,10 +77,14 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics("")
+	}
 	return &master{
 		opts:       opts,
 		env:        e,
 		log:        opts.Log,
+		metrics:    opts.Metrics,
 		exited:     make(chan workers.Exit, 64),
 		listenSeen: make(chan listenSeen),
 		rss:        make(chan map[int]int64, 1),
@@ -92,14 +99,16 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 		workers:    make(map[int]*worker),
 		restarts:   make(map[int]time.Time),
 		crashes:    make(map[int]int),
+		refill:     make(map[int]string),
 	}
 }
 
 // loop runs until every worker is gone after a stop, and returns the reason
 // the master failed, or nil after a requested stop. Each turn handles one
-// event, then advances: what is due now, then the pool plan.
+// event, then advances.
 func (m *master) loop(notes <-chan workers.Notification) error {
 	m.step()
+	m.publish()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for !m.done() {
@@ -121,6 +130,7 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 			m.onListenSeen(s)
 		case rss := <-m.rss:
 			m.onRSS(rss)
+		case <-m.metrics.live.wake: // a liveness check: the turn answers it
 		case <-tick:
 		}
 		m.advance()
@@ -128,10 +138,12 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 	return m.failure
 }
 
-// advance does what is due now, then applies the pool plan.
+// advance ends a turn of the loop: it does what is due now, applies the
+// pool plan, and publishes the state for scrapes.
 func (m *master) advance() {
 	m.onTick(m.env.now())
 	m.step()
+	m.publish()
 }
 
 // done reports whether the master has stopped and every worker is gone.
@@ -180,6 +192,7 @@ func (m *master) start(slot, gen int) {
 		m.nextSample = p.Started.Add(memCheckEvery)
 	}
 	m.workers[p.Pid] = w
+	m.metrics.starts.WithLabelValues(m.startReason(slot)).Inc()
 	m.log.Info("worker started", append(w.fields(), zap.String("ready", cfg.Ready))...)
 	if watchesListen(cfg.Ready) {
 		inodes := make([]uint64, len(fds))
@@ -189,6 +202,29 @@ func (m *master) start(slot, gen int) {
 		w.unwatch = make(chan struct{})
 		go watchListen(p.Pid, inodes, w.unwatch, m.listenSeen)
 	}
+}
+
+// startReason is why a worker is being started in slot, for
+// supervisor_worker_starts_total; it consumes the slot's refill reason.
+func (m *master) startReason(slot int) string {
+	why, ok := m.refill[slot]
+	delete(m.refill, slot)
+	switch {
+	case m.phase == booting:
+		return startBoot
+	case m.rollout != nil && m.rollout.rollback:
+		return startRollback
+	case m.rollout != nil:
+		return startReload
+	case ok:
+		return why
+	}
+	for _, w := range m.workers {
+		if w.slot == slot && w.gen == m.target && w.recycleReason != "" {
+			return startRecycle
+		}
+	}
+	return startScale
 }
 
 // step applies the pool plan: it starts and stops workers toward the

@@ -46,6 +46,7 @@ func (m *master) recycle(w *worker, reason string, fields ...zap.Field) {
 		return
 	}
 	w.recycleReason = reason
+	m.metrics.recycles.WithLabelValues(reason).Inc()
 	m.log.Info("recycling worker", append(append(w.fields(), zap.String("reason", reason)), fields...)...)
 }
 

@@ -30,6 +30,7 @@ func (m *master) reload(reply chan Response, wait bool) {
 	if m.phase != running {
 		msg := "reload refused: the master is " + m.phase.String()
 		m.log.Warn(msg)
+		m.metrics.reloads.WithLabelValues(reloadRefused).Inc()
 		respond(reply, Response{Error: msg})
 		return
 	}
@@ -39,6 +40,7 @@ func (m *master) reload(reply chan Response, wait bool) {
 	if err != nil {
 		msg := "reload failed, the running config stays in force: " + err.Error()
 		m.log.Error("reload failed", zap.Error(err))
+		m.metrics.reloads.WithLabelValues(reloadConfigFail).Inc()
 		m.lastReload = msg
 		m.tellSystemd("READY=1\nSTATUS=" + msg)
 		respond(reply, Response{Error: msg})
@@ -50,6 +52,7 @@ func (m *master) reload(reply chan Response, wait bool) {
 	var waiters []chan Response
 	if m.rollout != nil && !m.rollout.rollback {
 		waiters = m.rollout.waiters
+		m.metrics.reloads.WithLabelValues(reloadSuperseded).Inc()
 		m.log.Info("reload merges into the rollout under way", zap.Int("replaced_target", m.target))
 	}
 	m.rollout = &rollout{began: m.env.now(), waiters: waiters}
@@ -153,6 +156,9 @@ func (m *master) settle() {
 		return
 	}
 	m.stable = m.target
+	m.metrics.reloads.WithLabelValues(reloadSucceeded).Inc()
+	m.metrics.reloadDuration.WithLabelValues(reloadSucceeded).Observe(took.Seconds())
+	m.metrics.lastReloadOK.Set(unixSeconds(m.env.now()))
 	m.lastReload = fmt.Sprintf("generation %d serving, rolled out in %s", m.stable, took.Round(time.Millisecond))
 	m.log.Info("reload succeeded", zap.Int("generation", m.stable), zap.Duration("took", took))
 	m.tellSystemd(fmt.Sprintf("READY=1\nSTATUS=generation %d: %d workers ready", m.stable, cfg.Workers))
@@ -168,6 +174,8 @@ func (m *master) abort(reason string) {
 	msg := fmt.Sprintf("reload rolled back: generation %d failed: %s", failed, reason)
 	m.log.Error("reload failed; rolling back", zap.Int("generation", failed), zap.Int("back_to", m.stable), zap.String("reason", reason))
 	m.lastReload = msg
+	m.metrics.reloads.WithLabelValues(reloadRolledBack).Inc()
+	m.metrics.reloadDuration.WithLabelValues(reloadRolledBack).Observe(m.env.now().Sub(m.rollout.began).Seconds())
 	m.tellSystemd("READY=1\nSTATUS=" + msg)
 	for _, c := range m.rollout.waiters {
 		respond(c, Response{Error: msg})

@@ -38,6 +38,11 @@ type Options struct {
 	SystemdNotify string
 	Stdout        int // fd workers write their stdout to
 	Stderr        int // fd workers write their stderr to
+	// Metrics is where the master counts what happens; nil: a registry of
+	// its own that nobody reads. MetricsListener, when not nil, serves it
+	// (Metrics.Handler) until Run returns; Run closes it.
+	Metrics         *Metrics
+	MetricsListener net.Listener
 }
 
 // Run is the master: it opens the sockets of cfg, starts cfg.Workers
@@ -48,6 +53,9 @@ type Options struct {
 // left open for the caller to close.
 func Run(cfg *Resolved, opts Options) error {
 	m := newMaster(cfg, opts, osEnv())
+	if opts.MetricsListener != nil {
+		defer serveMetrics(opts.MetricsListener, m.metrics, m.log)()
+	}
 	socks, err := m.socketsFor(cfg.Addrs)
 	if err != nil {
 		return err
@@ -60,6 +68,8 @@ func Run(cfg *Resolved, opts Options) error {
 	reaper := signals.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
 	m.workerNotify, m.forker = ns.Addr(), reaper
+	dropped := ns.Dropped
+	m.metrics.dropped.Store(&dropped)
 
 	notes := make(chan workers.Notification, 64)
 	quit := make(chan struct{})

@@ -88,6 +88,8 @@ var settings = []Setting{
 		Usage: "write the master's pid to this file once ready"},
 	{Key: "control", field: func(c *Config) any { return &c.Control },
 		Usage: "control socket for reload, status, scale, stop (default: under $XDG_RUNTIME_DIR, else beside --pid)"},
+	{Key: "metrics", field: func(c *Config) any { return &c.Metrics },
+		Usage: "serve /metrics (Prometheus), /health/live, /health/ready and /status on HOST:PORT or unix:/path; never passed to workers"},
 	{Key: "log_level", field: func(c *Config) any { return &c.LogLevel }, def: "info",
 		Usage: "debug, info, warn or error"},
 	{Key: "log_format", field: func(c *Config) any { return &c.LogFormat },

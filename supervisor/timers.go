@@ -75,7 +75,7 @@ func (m *master) onTick(now time.Time) {
 		case reached(w.killAt, now):
 			m.log.Warn("worker did not stop within the graceful timeout; killing its group", w.fields()...)
 			_ = m.env.signal(w.proc, syscall.SIGKILL)
-			w.killAt = time.Time{}
+			w.killAt, w.killed = time.Time{}, true
 		}
 	}
 }
@@ -86,6 +86,8 @@ func (m *master) onTick(now time.Time) {
 func (m *master) missedHeartbeat(w *worker) {
 	reason := fmt.Sprintf("worker %d (pid %d) sent no WATCHDOG=1 for %s: %s (--timeout)", w.slot, w.proc.Pid, w.cfg.Timeout, commandLine(w.cfg))
 	m.log.Warn("worker missed its heartbeat; killing it", append(w.fields(), zap.Duration("timeout", w.cfg.Timeout))...)
+	m.metrics.heartbeatMisses.Inc()
+	w.timedOut = true
 	m.stop(w, syscall.SIGABRT, fastGrace)
 	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields())
 }
@@ -95,6 +97,7 @@ func (m *master) missedHeartbeat(w *worker) {
 func (m *master) notReady(w *worker) {
 	reason := fmt.Sprintf("worker %d (pid %d) was not ready within %s: %s (--ready %s %s)",
 		w.slot, w.proc.Pid, w.cfg.ReadyTimeout, commandLine(w.cfg), w.cfg.Ready, readyHint(w.cfg.Ready))
+	w.timedOut = true
 	m.stop(w, w.cfg.StopSig, min(fastGrace, w.cfg.GracefulTimeout))
 	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields())
 }

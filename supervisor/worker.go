@@ -36,6 +36,11 @@ type worker struct {
 	killAt         time.Time // stopping: SIGKILL to its group then (zero once sent)
 	retireAt       time.Time // recycled for max_lifetime then (zero: no limit)
 
+	// How it is ending, for the exit and drain metrics.
+	drainFrom time.Time // when it was first asked to stop, or said STOPPING=1
+	killed    bool      // SIGKILL sent: it outlived its graceful timeout
+	timedOut  bool      // stopped for a missed ready deadline or heartbeat
+
 	status   string
 	requests int64
 	rss      int64         // its process group's RSS at the last sample
@@ -83,7 +88,7 @@ type WorkerInfo struct {
 	State      string    `json:"state"` // starting, ready or stopping
 	Started    time.Time `json:"started"`
 	Requests   int64     `json:"requests"`          // last X_REQUESTS
-	RSS        int64     `json:"rss,omitempty"`     // process group RSS, when max_memory is set
+	RSS        int64     `json:"rss,omitempty"`     // bytes: its process group's RSS when the status was taken; 0: unknown
 	Recycle    string    `json:"recycle,omitempty"` // why it is being replaced
 	Status     string    `json:"status,omitempty"`  // last STATUS=
 }

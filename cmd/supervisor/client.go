@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -151,12 +152,17 @@ func printStatus(w io.Writer, st *supervisor.Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "master %d: %s, %s, ready %d/%d, up %s, last reload: %s\n",
 		st.Pid, st.Phase, gen, st.Ready, st.Workers, age(st.Started, now), last)
+	if st.Target != st.Generation {
+		for _, line := range generationLines(st) {
+			fmt.Fprintln(w, line)
+		}
+	}
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tSLOT\tGEN\tSTATE\tAGE\tREQUESTS\tSTATUS")
+	fmt.Fprintln(tw, "PID\tSLOT\tGEN\tSTATE\tAGE\tREQUESTS\tRSS\tSTATUS")
 	for _, wi := range st.Pool {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\n",
-			wi.Pid, wi.Slot, wi.Generation, wi.State, age(wi.Started, now), wi.Requests, wi.Status)
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n",
+			wi.Pid, wi.Slot, wi.Generation, wi.State, age(wi.Started, now), wi.Requests, size(wi.RSS), wi.Status)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -167,6 +173,63 @@ func printStatus(w io.Writer, st *supervisor.Status, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// generationLines are one line per generation in the pool, during a
+// rollout: "  generation 3 (target): 2 workers: 1 ready, 1 starting".
+func generationLines(st *supervisor.Status) []string {
+	type count struct{ total, starting, ready, stopping int }
+	by := map[int]*count{}
+	var gens []int
+	for _, wi := range st.Pool {
+		c := by[wi.Generation]
+		if c == nil {
+			c = &count{}
+			by[wi.Generation] = c
+			gens = append(gens, wi.Generation)
+		}
+		c.total++
+		switch wi.State {
+		case "starting":
+			c.starting++
+		case "ready":
+			c.ready++
+		case "stopping":
+			c.stopping++
+		}
+	}
+	slices.Sort(gens)
+	var lines []string
+	for _, g := range gens {
+		c := by[g]
+		role := ""
+		switch g {
+		case st.Generation:
+			role = " (in force)"
+		case st.Target:
+			role = " (target)"
+		}
+		lines = append(lines, fmt.Sprintf("  generation %d%s: %d workers: %d ready, %d starting, %d stopping",
+			g, role, c.total, c.ready, c.starting, c.stopping))
+	}
+	return lines
+}
+
+// size is a byte count for people (12.3MiB), "-" when unknown (0).
+func size(n int64) string {
+	const unit = 1024
+	if n <= 0 {
+		return "-"
+	}
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	v, i := float64(n)/unit, 0
+	for v >= unit && i < 3 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f%ciB", v, "KMGT"[i])
 }
 
 // age is now - since to the second, "-" when since is unknown.

@@ -115,7 +115,7 @@ func TestClientStatus(t *testing.T) {
 	st := &supervisor.Status{Pid: 4242, Phase: "running", Generation: 3, Target: 4, Workers: 2, Ready: 2,
 		Started: now.Add(-time.Hour), LastReload: "ok in 1.2s",
 		Pool: []supervisor.WorkerInfo{
-			{Pid: 5001, Slot: 0, Generation: 3, State: "ready", Started: now.Add(-90 * time.Second), Requests: 1234, Status: "serving"},
+			{Pid: 5001, Slot: 0, Generation: 3, State: "ready", Started: now.Add(-90 * time.Second), Requests: 1234, RSS: 12 << 20, Status: "serving"},
 			{Pid: 5002, Slot: 1, Generation: 4, State: "starting", Started: now.Add(-2 * time.Second)},
 		}}
 	path, seen := fakeMaster(t, func(supervisor.Request) (supervisor.Response, bool) {
@@ -136,13 +136,15 @@ func TestClientStatus(t *testing.T) {
 
 	out = runClient(t, true, "", "status", "--control", path)
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) != 4 {
-		t.Fatalf("status: %d lines, want a header, a title and 2 workers:\n%s", len(lines), out)
+	if len(lines) != 6 {
+		t.Fatalf("status: %d lines, want a header, a line per generation in the rollout, a title and 2 workers:\n%s", len(lines), out)
 	}
 	for i, want := range [][]string{
 		{"master 4242:", "running", "generation 3 (rolling out 4)", "ready 2/2", "last reload: ok in 1.2s"},
-		{"PID", "SLOT", "GEN", "STATE", "AGE", "REQUESTS", "STATUS"},
-		{"5001", "0", "3", "ready", "1234", "serving"},
+		{"generation 3 (in force): 1 workers: 1 ready, 0 starting, 0 stopping"},
+		{"generation 4 (target): 1 workers: 0 ready, 1 starting, 0 stopping"},
+		{"PID", "SLOT", "GEN", "STATE", "AGE", "REQUESTS", "RSS", "STATUS"},
+		{"5001", "0", "3", "ready", "1234", "12.0MiB", "serving"},
 		{"5002", "1", "4", "starting", "0"},
 	} {
 		for _, w := range want {
@@ -217,7 +219,7 @@ func TestPrintStatus(t *testing.T) {
 	st := &supervisor.Status{Pid: 4242, Phase: "running", Generation: 3, Target: 3, Workers: 2, Ready: 1,
 		Started: now.Add(-time.Hour - 400*time.Millisecond),
 		Pool: []supervisor.WorkerInfo{
-			{Pid: 5001, Slot: 0, Generation: 3, State: "ready", Started: now.Add(-90*time.Second - 600*time.Millisecond), Requests: 1234, Status: "serving"},
+			{Pid: 5001, Slot: 0, Generation: 3, State: "ready", Started: now.Add(-90*time.Second - 600*time.Millisecond), Requests: 1234, RSS: 9_876_543, Status: "serving"},
 			{Pid: 15002, Slot: 1, Generation: 3, State: "starting"},
 		}}
 	var b strings.Builder
@@ -225,9 +227,9 @@ func TestPrintStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `master 4242: running, generation 3, ready 1/2, up 1h0m0s, last reload: none
-PID    SLOT  GEN  STATE     AGE    REQUESTS  STATUS
-5001   0     3    ready     1m31s  1234      serving
-15002  1     3    starting  -      0
+PID    SLOT  GEN  STATE     AGE    REQUESTS  RSS     STATUS
+5001   0     3    ready     1m31s  1234      9.4MiB  serving
+15002  1     3    starting  -      0         -
 `
 	if got := b.String(); got != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", got, want)

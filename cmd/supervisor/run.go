@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -92,6 +93,14 @@ func run(load func() (supervisor.Config, error)) error {
 	}()
 	defer removePidFile(cfg.PidFile)
 
+	metrics := supervisor.NewMetrics(version)
+	var metricsLn net.Listener
+	if res.MetricsAddr != nil {
+		if metricsLn, err = openMetrics(*res.MetricsAddr, open, log); err != nil {
+			return err
+		}
+	}
+
 	controlPath := cfg.Control
 	if controlPath == "" {
 		controlPath = supervisor.DefaultControlPath(cfg.PidFile)
@@ -101,6 +110,7 @@ func run(load func() (supervisor.Config, error)) error {
 		return err
 	}
 	calls := make(chan supervisor.Call)
+	control.Count(metrics)
 	control.Serve(calls)
 	defer control.Close()
 
@@ -114,13 +124,15 @@ func run(load func() (supervisor.Config, error)) error {
 			}
 			return c.Validate()
 		},
-		Shim:          []string{"/proc/self/exe", workers.ShimArg},
-		Signals:       sigs,
-		Control:       calls,
-		OnReady:       upg.Ready,
-		SystemdNotify: systemd,
-		Stdout:        1,
-		Stderr:        2,
+		Shim:            []string{"/proc/self/exe", workers.ShimArg},
+		Signals:         sigs,
+		Control:         calls,
+		OnReady:         upg.Ready,
+		SystemdNotify:   systemd,
+		Stdout:          1,
+		Stderr:          2,
+		Metrics:         metrics,
+		MetricsListener: metricsLn,
 	})
 	if err != nil {
 		log.Error("giving up", zap.Error(err))
@@ -142,4 +154,20 @@ func removePidFile(path string) {
 	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid == os.Getpid() {
 		_ = os.Remove(path)
 	}
+}
+
+// openMetrics opens the --metrics socket the way the binds are opened
+// (through the upgrader's store, so a new master keeps the port) and
+// returns a listener for the master's own HTTP server.
+func openMetrics(a listener.Addr, open func([]listener.Addr) ([]*listener.Socket, error), log *zap.Logger) (net.Listener, error) {
+	ss, err := open([]listener.Addr{a})
+	if err != nil {
+		return nil, fmt.Errorf("--metrics %s: %w", a.Raw, err)
+	}
+	ln, err := ss[0].Listener()
+	if err != nil {
+		return nil, fmt.Errorf("--metrics %s: %w", a.Raw, err)
+	}
+	log.Info("metrics listening", zap.String("address", ss[0].Addr))
+	return ln, nil
 }
