@@ -16,7 +16,8 @@
 // then -recycle-for of recycling with no reload, counting the workers
 // recycled), uvicorn (unmodified, Debian's python3-uvicorn; with
 // keep-alive, then with a new connection per request).
-// Every master runs with --ready auto, the default.
+// Every master runs with --ready auto, the default. -scenario takes all, one
+// name or a comma-separated list of names.
 //
 // It exits non-zero when a request failed, except the resets by uvicorn's
 // own SIGTERM handling with a new connection per request (printed apart), when
@@ -58,14 +59,16 @@ func main() {
 	flag.IntVar(&o.maxRequests, "max-requests", 200, "recycle scenario: max_requests")
 	flag.IntVar(&o.maxRequestsJitter, "max-requests-jitter", 50, "recycle scenario: max_requests_jitter")
 	flag.DurationVar(&o.interval, "interval", time.Second, "start a reload at most this often (0: back to back)")
-	which := flag.String("scenario", "all", "all, plain, broken, slow, recycle or uvicorn")
+	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle and uvicorn")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
 	flag.Parse()
-	names := []string{"plain", "broken", "slow", "recycle", "uvicorn"}
+	all := []string{"plain", "broken", "slow", "recycle", "uvicorn"}
+	names := all
 	if *which != "all" {
-		names = slices.DeleteFunc(names, func(n string) bool { return n != *which })
+		names = strings.Split(*which, ",")
 	}
+	unknown := slices.ContainsFunc(names, func(n string) bool { return !slices.Contains(all, n) })
 	var err error
 	if o.bin, err = filepath.Abs(o.bin); err == nil {
 		o.uvicornDir, err = filepath.Abs(o.uvicornDir)
@@ -73,8 +76,8 @@ func main() {
 	if _, serr := os.Stat(o.bin); err == nil && serr != nil {
 		err = fmt.Errorf("%w (build it: go build -o bin/supervisor ./cmd/supervisor)", serr)
 	}
-	if err == nil && (len(names) == 0 || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0) {
-		err = fmt.Errorf("want -scenario all, plain, broken, slow, recycle or uvicorn, and positive -workers, -rate, -reloads, -steady")
+	if err == nil && (unknown || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0) {
+		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle and uvicorn, and positive -workers, -rate, -reloads, -steady")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reload:", err)
