@@ -19,6 +19,12 @@
 // Every master runs with --ready auto, the default. -scenario takes all, one
 // name or a comma-separated list of names.
 //
+// With -plot FILE it also draws each run's requests and reloads over time,
+// one panel per run stacked in one image, its format from FILE's extension
+// (see plot.go):
+//
+//	go run ./bench/reload -bin bin/supervisor -scenario plain,broken -plot docs/reload.png
+//
 // It exits non-zero when a request failed, except the resets by uvicorn's
 // own SIGTERM handling with a new connection per request (printed apart), when
 // a reload ended other than expected, or when a scenario could not run.
@@ -62,6 +68,7 @@ func main() {
 	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle and uvicorn")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
+	plotFile := flag.String("plot", "", "draw each run's latencies over time and its reloads into this .png or .svg file")
 	flag.Parse()
 	all := []string{"plain", "broken", "slow", "recycle", "uvicorn"}
 	names := all
@@ -70,7 +77,13 @@ func main() {
 	}
 	unknown := slices.ContainsFunc(names, func(n string) bool { return !slices.Contains(all, n) })
 	var err error
-	if o.bin, err = filepath.Abs(o.bin); err == nil {
+	if *plotFile != "" {
+		_, err = plotFormat(*plotFile)
+	}
+	if err == nil {
+		o.bin, err = filepath.Abs(o.bin)
+	}
+	if err == nil {
 		o.uvicornDir, err = filepath.Abs(o.uvicornDir)
 	}
 	if _, serr := os.Stat(o.bin); err == nil && serr != nil {
@@ -94,6 +107,7 @@ func main() {
 	fmt.Printf("%s/%s, %d CPUs, %s; %d workers, --ready auto, %d req/s, %d reloads (at most one per %s), steady phase %s\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.workers, o.rate, o.reloads, o.interval, o.steady)
 	problems := 0
+	var panels []panel
 	for _, name := range names {
 		for _, sc := range scenariosNamed(name, o, tmp) {
 			res, err := run(sc, o)
@@ -102,8 +116,19 @@ func main() {
 				problems++
 				continue
 			}
+			if *plotFile != "" {
+				panels = append(panels, res.panel()) // before print sorts the latencies
+			}
 			res.print(os.Stdout)
 			problems += len(res.problems())
+		}
+	}
+	if *plotFile != "" && len(panels) > 0 {
+		if err := writePlot(*plotFile, panels); err != nil {
+			fmt.Printf("\nPROBLEM: %v\n", err)
+			problems++
+		} else {
+			fmt.Printf("\nplot: %s (%d panels)\n", *plotFile, len(panels))
 		}
 	}
 	if problems > 0 {

@@ -16,6 +16,7 @@ import (
 type phase struct {
 	latencies []time.Duration
 	sent      []time.Time    // when each request was sent, in latencies' order until quantile sorts
+	failed    []bool         // whether each request failed, in the same order
 	errs      map[string]int // failures by error, client ports elided
 	order     []string       // errs' keys, first seen first
 }
@@ -25,6 +26,7 @@ var clientPort = regexp.MustCompile(`:\d+->`)
 func (p *phase) add(r *vegeta.Result) {
 	p.latencies = append(p.latencies, r.Latency)
 	p.sent = append(p.sent, r.Timestamp)
+	p.failed = append(p.failed, r.Error != "")
 	if e := clientPort.ReplaceAllString(r.Error, ":*->"); e != "" {
 		if p.errs[e]++; p.errs[e] == 1 {
 			p.order = append(p.order, e)
