@@ -23,7 +23,7 @@
 // one panel per run stacked in one image, its format from FILE's extension
 // (see plot.go):
 //
-//	go run ./bench/reload -bin bin/supervisor -scenario plain,broken -plot docs/reload.png
+//	go run ./bench/reload -bin bin/supervisor -workers 2 -rate 1000 -reloads 5 -scenario plain,broken -plot docs/reload.png
 //
 // It exits non-zero when a request failed, except the resets by uvicorn's
 // own SIGTERM handling with a new connection per request (printed apart), when
