@@ -239,6 +239,22 @@ func TestSystemdSockets(t *testing.T) {
 			if i < 0 {
 				t.Errorf("%s binds %v: none from systemd, so this socket would never reach a worker: give --bind systemd", service, m.Config.Bind)
 			}
+			// systemd:NAME takes the sockets called NAME: the
+			// FileDescriptorName= of one of the service's socket units
+			// (by default, the socket unit's own name).
+			var names []string
+			for _, p := range socketsOf(t, service) {
+				name := filepath.Base(p)
+				if v, ok := readUnit(t, p).value("Socket", "FileDescriptorName"); ok {
+					name = v
+				}
+				names = append(names, name)
+			}
+			for _, a := range m.Resolved.Addrs {
+				if a.Kind == listener.KindSystemd && a.Name != "" && !slices.Contains(names, a.Name) {
+					t.Errorf("%s binds %s, but its sockets are called %v (FileDescriptorName=)", service, a.Raw, names)
+				}
+			}
 		})
 	}
 }
