@@ -92,7 +92,6 @@ type master struct {
 	ConfigArg string               // --config as given ("" if none)
 	Config    supervisor.Config    // Defaults, then the file, then the flags
 	Resolved  *supervisor.Resolved // Config.Validate's result
-	Metrics   string               // the metrics address ("" if none)
 }
 
 // readMaster reads argv, a command line `supervisor [run] [FLAGS] [--
@@ -136,10 +135,6 @@ func readMaster(t *testing.T, argv []string, configFile string) master {
 		}
 		s, ok := settingOfFlag(name, strings.HasPrefix(a, "--"))
 		if !ok {
-			if name == "metrics" && !hasSetting("metrics") {
-				m.Metrics = value // see loadLayer
-				continue
-			}
 			t.Fatalf("command %q: %s: no such flag of supervisor run", argv, a)
 		}
 		switch s.Field(&supervisor.Config{}).(type) {
@@ -165,11 +160,7 @@ func readMaster(t *testing.T, argv []string, configFile string) master {
 
 	m.Config = supervisor.Defaults()
 	if configFile != "" {
-		file, metrics := loadLayer(t, configFile)
-		m.Config = file.Apply(m.Config)
-		if metrics != "" && m.Metrics == "" {
-			m.Metrics = metrics
-		}
+		m.Config = loadLayer(t, configFile).Apply(m.Config)
 	}
 	// The flags go through LoadFile too: the same decoding of each value.
 	b, err := yaml.Marshal(flagValues)
@@ -180,14 +171,7 @@ func readMaster(t *testing.T, argv []string, configFile string) master {
 	if err := os.WriteFile(flagsFile, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	flags, metrics := loadLayer(t, flagsFile)
-	m.Config = flags.Apply(m.Config)
-	if metrics != "" {
-		m.Metrics = metrics
-	}
-	if hasSetting("metrics") {
-		m.Metrics = stringSetting(t, m.Config, "metrics")
-	}
+	m.Config = loadLayer(t, flagsFile).Apply(m.Config)
 
 	check := m.Config
 	check.Command = slices.Clone(check.Command)
@@ -200,64 +184,14 @@ func readMaster(t *testing.T, argv []string, configFile string) master {
 	return m
 }
 
-// loadLayer is supervisor.LoadFile(path), failing the test on error. It
-// also returns the config's metrics address when this checkout's
-// supervisor does not know the metrics key yet (it is being added): the
-// key is then taken out of the file before LoadFile reads it, and only
-// that key. Once the key exists, LoadFile reads it like any other and
-// readMaster takes it from the Config.
-func loadLayer(t *testing.T, path string) (supervisor.Layer, string) {
+// loadLayer is supervisor.LoadFile(path), failing the test on error.
+func loadLayer(t *testing.T, path string) supervisor.Layer {
 	t.Helper()
-	metrics, read := "", path
-	if !hasSetting("metrics") {
-		var err error
-		if read, metrics, err = withoutKey(path, "metrics", t.TempDir()); err != nil {
-			t.Fatal(err)
-		}
-		if metrics != "" {
-			t.Logf("%s: this supervisor has no metrics key yet: metrics: %s read from the YAML, the rest by LoadFile", path, metrics)
-		}
-	}
-	l, err := supervisor.LoadFile(read)
+	l, err := supervisor.LoadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l, metrics
-}
-
-// withoutKey returns path itself when its top-level mapping has no key
-// named key, else a copy of the file without it (written in dir, under the
-// same base name) and the key's string value.
-func withoutKey(path, key, dir string) (string, string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", "", err
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return path, "", nil // LoadFile gives the error, with its position
-	}
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
-		return path, "", nil
-	}
-	top := doc.Content[0]
-	for i := 0; i+1 < len(top.Content); i += 2 {
-		if top.Content[i].Value != key {
-			continue
-		}
-		v := top.Content[i+1]
-		if v.Kind != yaml.ScalarNode || v.Value == "" {
-			return "", "", fmt.Errorf("%s:%d:%d: %s: want a string like 127.0.0.1:9100", path, v.Line, v.Column, key)
-		}
-		top.Content = slices.Delete(top.Content, i, i+2)
-		out, err := yaml.Marshal(&doc)
-		if err != nil {
-			return "", "", err
-		}
-		stripped := filepath.Join(dir, filepath.Base(path))
-		return stripped, v.Value, os.WriteFile(stripped, out, 0o644)
-	}
-	return path, "", nil
+	return l
 }
 
 // settingOfFlag finds the setting of a flag of `supervisor run`: by its
@@ -269,26 +203,6 @@ func settingOfFlag(name string, long bool) (supervisor.Setting, bool) {
 		}
 	}
 	return supervisor.Setting{}, false
-}
-
-func hasSetting(key string) bool {
-	return slices.Contains(supervisor.Keys(), key)
-}
-
-// stringSetting is the value of the string setting key in c.
-func stringSetting(t *testing.T, c supervisor.Config, key string) string {
-	t.Helper()
-	for _, s := range supervisor.Settings() {
-		if s.Key == key {
-			p, ok := s.Field(&c).(*string)
-			if !ok {
-				t.Fatalf("setting %s is a %T, not a string: the test reads it as HOST:PORT", key, s.Field(&c))
-			}
-			return *p
-		}
-	}
-	t.Fatalf("no setting %s", key)
-	return ""
 }
 
 // stopTime is how long the master may take to stop after SIGTERM:

@@ -165,25 +165,25 @@ func TestKubernetesDeployment(t *testing.T) {
 			m := readMaster(t, argv, configFromConfigMap(t, pod, c, configArg, configMaps))
 
 			// Probes: the master's health, on the metrics port it opens.
-			if m.Metrics == "" {
+			if m.Config.Metrics == "" {
 				t.Fatal("the config sets no metrics address: the probes' endpoints would not exist")
 			}
-			if strings.HasPrefix(m.Metrics, "unix:") {
-				t.Fatalf("metrics %s: the kubelet probes over TCP: give HOST:PORT", m.Metrics)
+			if strings.HasPrefix(m.Config.Metrics, "unix:") {
+				t.Fatalf("metrics %s: the kubelet probes over TCP: give HOST:PORT", m.Config.Metrics)
 			}
-			host, port, err := net.SplitHostPort(m.Metrics)
+			host, port, err := net.SplitHostPort(m.Config.Metrics)
 			if err != nil {
-				t.Fatalf("metrics %s: %v", m.Metrics, err)
+				t.Fatalf("metrics %s: %v", m.Config.Metrics, err)
 			}
 			if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
-				t.Errorf("metrics %s: loopback only, but the kubelet probes the pod's IP: use :%s", m.Metrics, port)
+				t.Errorf("metrics %s: loopback only, but the kubelet probes the pod's IP: use :%s", m.Config.Metrics, port)
 			}
 			metricsPort, ok := namedPort(c, "metrics")
 			if !ok {
 				t.Fatalf("container %s has no port named metrics", c.Name)
 			}
 			if strconv.Itoa(int(metricsPort)) != port {
-				t.Errorf("container port metrics is %d, but the config's metrics address is %s", metricsPort, m.Metrics)
+				t.Errorf("container port metrics is %d, but the config's metrics address is %s", metricsPort, m.Config.Metrics)
 			}
 			checkProbe(t, c, "readinessProbe", c.ReadinessProbe, "/health/ready", metricsPort)
 			checkProbe(t, c, "livenessProbe", c.LivenessProbe, "/health/live", metricsPort)
