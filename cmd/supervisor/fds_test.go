@@ -21,7 +21,8 @@ import (
 func TestWorkerGetsOnlyItsSockets(t *testing.T) {
 	t.Run("bind", func(t *testing.T) {
 		t.Parallel()
-		pid := startWithStrays(t, nil, "127.0.0.1:0")
+		// The master's own metrics socket is not the workers' either.
+		pid := startWithStrays(t, nil, "--bind", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
 		fds := openFDs(t, pid)
 		if got := slices.Sorted(maps.Keys(fds)); !slices.Equal(got, []int{0, 1, 2, 3}) || !strings.HasPrefix(fds[3], "socket:[") {
 			t.Errorf("worker's fds %v, want 0, 1, 2 and its socket as 3", fds)
@@ -39,7 +40,7 @@ func TestWorkerGetsOnlyItsSockets(t *testing.T) {
 			t.Fatal(err)
 		}
 		sock := fmt.Sprintf("socket:[%d]", st.Sys().(*syscall.Stat_t).Ino)
-		pid := startWithStrays(t, map[int]*os.File{5: f}, "fd://5")
+		pid := startWithStrays(t, map[int]*os.File{5: f}, "--bind", "fd://5")
 		fds := openFDs(t, pid)
 		if got := slices.Sorted(maps.Keys(fds)); !slices.Equal(got, []int{0, 1, 2, 3}) || fds[3] != sock {
 			t.Errorf("worker's fds %v, want 0, 1, 2 and the adopted %s as 3", fds, sock)
@@ -47,10 +48,10 @@ func TestWorkerGetsOnlyItsSockets(t *testing.T) {
 	})
 }
 
-// startWithStrays starts a master on bind with one /bin/sleep worker, the
+// startWithStrays starts a master with flags and one /bin/sleep worker, the
 // stray descriptors and more (fd -> file) open, and returns the worker's
 // pid once it runs /bin/sleep. The master is stopped when the test ends.
-func startWithStrays(t *testing.T, more map[int]*os.File, bind string) int {
+func startWithStrays(t *testing.T, more map[int]*os.File, flags ...string) int {
 	t.Helper()
 	r1, w1, err := os.Pipe()
 	if err != nil {
@@ -72,7 +73,7 @@ func startWithStrays(t *testing.T, more map[int]*os.File, bind string) int {
 	for fd, f := range more {
 		extra[fd-3] = f
 	}
-	cmd := command(t, "--bind", bind, "--ready", "delay", "--ready-delay", "100ms", "--", "/bin/sleep", "60")
+	cmd := command(t, append(flags, "--ready", "delay", "--ready-delay", "100ms", "--", "/bin/sleep", "60")...)
 	cmd.ExtraFiles = extra
 	p := startCmd(t, cmd)
 	t.Cleanup(func() {
