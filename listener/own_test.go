@@ -9,18 +9,21 @@ import (
 )
 
 func TestParseOwn(t *testing.T) {
-	binds := mustParseAll(t, "127.0.0.1:8080", "unix:/run/app.sock", "127.0.0.1:0")
+	binds := mustParseAll(t, "127.0.0.1:8080", "unix:/run/app.sock", "127.0.0.1:0", "[::]:9000")
 	for _, tc := range []struct {
 		in, err string
 	}{
 		{"127.0.0.1:9100", ""},
 		{"unix:/run/metrics.sock", ""},
+		{"[::1]:9000", "--metrics [::1]:9000: the same port as --bind [::]:9000: give the metrics endpoint a port of its own, or the workers would serve it"},
 		{"127.0.0.1:0", ""}, // port 0 is a port of its own, even beside a bind of the same text
 		{"nonsense:port", `bad --metrics "nonsense:port": port "port" is not a number; want HOST:PORT or unix:/path, e.g. 127.0.0.1:9100`},
 		{"fd://3", `bad --metrics "fd://3": the master binds this socket itself; want HOST:PORT or unix:/path, e.g. 127.0.0.1:9100`},
 		{"systemd", `bad --metrics "systemd": the master binds this socket itself; want HOST:PORT or unix:/path, e.g. 127.0.0.1:9100`},
-		{"127.0.0.1:08080", "--metrics 127.0.0.1:08080: also given as --bind 127.0.0.1:8080: give the metrics endpoint an address of its own, or the workers would serve it"},
-		{"unix:/run/app.sock?mode=0600", "--metrics unix:/run/app.sock?mode=0600: also given as --bind unix:/run/app.sock: give the metrics endpoint an address of its own, or the workers would serve it"},
+		{"127.0.0.1:08080", "--metrics 127.0.0.1:08080: the same port as --bind 127.0.0.1:8080: give the metrics endpoint a port of its own, or the workers would serve it"},
+		{":8080", "--metrics :8080: the same port as --bind 127.0.0.1:8080: give the metrics endpoint a port of its own, or the workers would serve it"},
+		{"127.0.0.2:8080", ""}, // another host, the same port: two sockets
+		{"unix:/run/app.sock?mode=0600", "--metrics unix:/run/app.sock?mode=0600: the same socket as --bind unix:/run/app.sock: give the metrics endpoint an address of its own, or the workers would serve it"},
 	} {
 		a, err := ParseOwn("metrics", tc.in, binds)
 		switch {

@@ -51,11 +51,24 @@ func ParseOwn(role, s string, binds []Addr) (Addr, error) {
 	}
 	a.Role = role
 	for _, b := range binds {
-		if identity(b) == identity(a) && !strings.HasSuffix(a.Address, ":0") {
-			return a, fmt.Errorf("--%s %s: also given as --bind %s: give the %s endpoint an address of its own, or the workers would serve it", role, s, b.Raw, role)
+		switch {
+		case a.Kind == KindUnix && identity(b) == identity(a):
+			return a, fmt.Errorf("--%s %s: the same socket as --bind %s: give the %s endpoint an address of its own, or the workers would serve it", role, s, b.Raw, role)
+		case a.Kind == KindTCP && b.Kind == KindTCP && samePort(a.Address, b.Address):
+			return a, fmt.Errorf("--%s %s: the same port as --bind %s: give the %s endpoint a port of its own, or the workers would serve it", role, s, b.Raw, role)
 		}
 	}
 	return a, nil
+}
+
+// samePort reports whether two TCP addresses (HOST:PORT) would share a
+// port: the same non-zero port, and the same host or a wildcard one
+// ("", 0.0.0.0, ::), which covers every host. Names are not resolved.
+func samePort(x, y string) bool {
+	hx, px, _ := net.SplitHostPort(x)
+	hy, py, _ := net.SplitHostPort(y)
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return px == py && px != "0" && (hx == hy || wild(hx) || wild(hy))
 }
 
 // Parse parses one --bind value. Errors are one line naming the value and
