@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -44,7 +45,7 @@ func bindTCP(a Addr) (*Socket, error) {
 	}
 	fd, err := takeFD(ln)
 	if err != nil {
-		return nil, fmt.Errorf("bind %s: %w", a.Raw, err)
+		return nil, fmt.Errorf("%s: %w", a.what(), err)
 	}
 	return &Socket{Addr: sockname(fd), fd: fd}, nil
 }
@@ -56,9 +57,9 @@ func bindUnix(a Addr) (*Socket, error) {
 	path := a.Address
 	switch st, err := ClearStale(path); {
 	case err != nil:
-		return nil, fmt.Errorf("bind %s: %w", a.Raw, err)
+		return nil, fmt.Errorf("%s: %w", a.what(), err)
 	case st.Live:
-		return nil, fmt.Errorf("bind %s: address in use by a running process", a.Raw)
+		return nil, fmt.Errorf("%s: address in use by a running process", a.what())
 	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(context.Background(), "unix", path)
@@ -68,13 +69,13 @@ func bindUnix(a Addr) (*Socket, error) {
 	fd, err := takeFD(ln)
 	if err != nil {
 		os.Remove(path)
-		return nil, fmt.Errorf("bind %s: %w", a.Raw, err)
+		return nil, fmt.Errorf("%s: %w", a.what(), err)
 	}
 	s := &Socket{Addr: path, fd: fd, unlink: path}
 	if a.Mode != 0 {
 		if err := os.Chmod(path, a.Mode); err != nil {
 			s.Close()
-			return nil, fmt.Errorf("bind %s: set mode %04o: %w", a.Raw, a.Mode, err)
+			return nil, fmt.Errorf("%s: set mode %04o: %w", a.what(), a.Mode, err)
 		}
 	}
 	return s, nil
@@ -133,19 +134,21 @@ func bindError(a Addr, err error) error {
 	var dns *net.DNSError
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE) && a.Kind == KindUnix:
-		return fmt.Errorf("bind %s: %w: stop the other process or choose another path", a.Raw, syscall.EADDRINUSE)
+		return fmt.Errorf("%s: %w: stop the other process or choose another path", a.what(), syscall.EADDRINUSE)
 	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("bind %s: %w: stop the other process or choose another port", a.Raw, syscall.EADDRINUSE)
+		return fmt.Errorf("%s: %w: stop the other process or choose another port", a.what(), syscall.EADDRINUSE)
 	case errors.Is(err, syscall.EACCES) && a.Kind == KindTCP && privileged(a.Address):
-		return fmt.Errorf("bind %s: %w: ports below 1024 need root or CAP_NET_BIND_SERVICE", a.Raw, syscall.EACCES)
+		return fmt.Errorf("%s: %w: ports below 1024 need root or CAP_NET_BIND_SERVICE", a.what(), syscall.EACCES)
 	case errors.Is(err, syscall.EACCES) && a.Kind == KindUnix:
-		return fmt.Errorf("bind %s: %w: the supervisor's user must be able to write the socket's directory", a.Raw, syscall.EACCES)
+		return fmt.Errorf("%s: %w: the supervisor's user must be able to write the socket's directory", a.what(), syscall.EACCES)
+	case errors.Is(err, syscall.ENOENT) && a.Kind == KindUnix:
+		return fmt.Errorf("%s: no directory %s: create it first", a.what(), filepath.Dir(a.Address))
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("bind %s: %w: no interface of this host has that address", a.Raw, syscall.EADDRNOTAVAIL)
+		return fmt.Errorf("%s: %w: no interface of this host has that address", a.what(), syscall.EADDRNOTAVAIL)
 	case errors.As(err, &dns):
-		return fmt.Errorf("bind %s: cannot resolve host %q: %w: use an IP address or a name this host resolves", a.Raw, dns.Name, dns)
+		return fmt.Errorf("%s: cannot resolve host %q: %w: use an IP address or a name this host resolves", a.what(), dns.Name, dns)
 	}
-	return fmt.Errorf("bind %s: %w", a.Raw, err)
+	return fmt.Errorf("%s: %w", a.what(), err)
 }
 
 func privileged(hostport string) bool {

@@ -46,6 +46,15 @@ func (a Addr) flag() string {
 	return "--" + a.Role
 }
 
+// what names the address in bind errors: "bind ADDR" for a --bind,
+// "--ROLE ADDR" for the master's own socket.
+func (a Addr) what() string {
+	if a.Role == "" {
+		return "bind " + a.Raw
+	}
+	return a.flag() + " " + a.Raw
+}
+
 // storeKey is the name of the address's socket in a Store.
 func (a Addr) storeKey() string {
 	if a.Role == "" {

@@ -162,7 +162,7 @@ func removePidFile(path string) {
 func openMetrics(a listener.Addr, open func([]listener.Addr) ([]*listener.Socket, error), log *zap.Logger) (net.Listener, error) {
 	ss, err := open([]listener.Addr{a})
 	if err != nil {
-		return nil, fmt.Errorf("--metrics %s: %w", a.Raw, err)
+		return nil, err // it names --metrics and the fix
 	}
 	ln, err := ss[0].Listener()
 	if err != nil {
