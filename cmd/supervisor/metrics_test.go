@@ -1,0 +1,374 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/supervisor-dev/supervisor/internal/testkit"
+)
+
+// metricsAddr is the address the master serves --metrics on, from its
+// "metrics listening" log line (port 0 resolved).
+func (p *proc) metricsAddr() string {
+	p.t.Helper()
+	addr, _ := p.waitLog("metrics listening", 30*time.Second)["address"].(string)
+	if addr == "" {
+		p.t.Fatal(`"metrics listening" log line without an address`)
+	}
+	return addr
+}
+
+// metricsClient keeps its connection to the metrics port between requests,
+// so a poll is one round trip, and gives up on a request after 10 s.
+func metricsClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+}
+
+// fetch GETs url with c and returns the status code and the body.
+func fetch(c *http.Client, url string) (int, string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// scrape reads /metrics at addr and parses it as the Prometheus text format.
+func scrape(t *testing.T, addr string) (string, map[string]*dto.MetricFamily) {
+	t.Helper()
+	code, body, err := fetch(client, "http://"+addr+"/metrics")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v: %.200s", code, err, body)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return body, fams
+}
+
+// sample is the value of the one metric of fam whose labels include
+// labels (name, value pairs); ok is false when there is none.
+func sample(fams map[string]*dto.MetricFamily, fam string, labels ...string) (float64, bool) {
+	f := fams[fam]
+	if f == nil {
+		return 0, false
+	}
+	for _, m := range f.GetMetric() {
+		if !hasLabels(m, labels...) {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		case m.GetUntyped() != nil:
+			return m.GetUntyped().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+func hasLabels(m *dto.Metric, labels ...string) bool {
+	for i := 0; i+1 < len(labels); i += 2 {
+		found := false
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// labelValues is every value label takes in fam.
+func labelValues(f *dto.MetricFamily, label string) []string {
+	var vs []string
+	for _, m := range f.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == label && !slices.Contains(vs, lp.GetValue()) {
+				vs = append(vs, lp.GetValue())
+			}
+		}
+	}
+	slices.Sort(vs)
+	return vs
+}
+
+// labelNames is the set of label names fam's metrics carry (le and
+// quantile, a histogram's and a summary's own, left out).
+func labelNames(f *dto.MetricFamily) []string {
+	var ns []string
+	for _, m := range f.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if !slices.Contains(ns, lp.GetName()) {
+				ns = append(ns, lp.GetName())
+			}
+		}
+	}
+	slices.Sort(ns)
+	return ns
+}
+
+// designMetrics is the minimum DESIGN §6 names, with the type and the
+// labels each must have (the product's pre-declared label values where the
+// brief names them), plus a few of the standard process_* and go_* ones.
+var designMetrics = []struct {
+	name   string
+	typ    dto.MetricType
+	labels []string            // exactly these label names
+	values map[string][]string // label -> at least these values
+}{
+	{"supervisor_build_info", dto.MetricType_GAUGE, []string{"goversion", "version"}, nil},
+	{"supervisor_workers", dto.MetricType_GAUGE, []string{"state"}, map[string][]string{"state": {"ready", "starting", "stopping"}}},
+	{"supervisor_workers_desired", dto.MetricType_GAUGE, nil, nil},
+	{"supervisor_generation", dto.MetricType_GAUGE, nil, nil},
+	{"supervisor_worker_starts_total", dto.MetricType_COUNTER, []string{"reason"},
+		map[string][]string{"reason": {"boot", "crash", "recycle", "reload", "replace", "rollback", "scale"}}},
+	{"supervisor_worker_exits_total", dto.MetricType_COUNTER, []string{"how"},
+		map[string][]string{"how": {"crashed", "killed", "stopped", "timed_out"}}},
+	{"supervisor_worker_boot_seconds", dto.MetricType_HISTOGRAM, nil, nil},
+	{"supervisor_worker_drain_seconds", dto.MetricType_HISTOGRAM, nil, nil},
+	{"supervisor_reloads_total", dto.MetricType_COUNTER, []string{"result"},
+		map[string][]string{"result": {"abandoned", "config_failed", "refused", "rolled_back", "succeeded", "superseded"}}},
+	{"supervisor_reload_duration_seconds", dto.MetricType_HISTOGRAM, []string{"result"},
+		map[string][]string{"result": {"rolled_back", "succeeded"}}},
+	{"supervisor_last_reload_success_timestamp_seconds", dto.MetricType_GAUGE, nil, nil},
+	{"supervisor_recycles_total", dto.MetricType_COUNTER, []string{"reason"},
+		map[string][]string{"reason": {"max_lifetime", "max_memory", "max_requests"}}},
+	{"supervisor_heartbeat_timeouts_total", dto.MetricType_COUNTER, nil, nil},
+	{"supervisor_worker_requests_total", dto.MetricType_COUNTER, nil, nil},
+	{"supervisor_worker_rss_bytes", dto.MetricType_GAUGE, []string{"slot"}, nil},
+	{"supervisor_notify_datagrams_dropped_total", dto.MetricType_COUNTER, nil, nil},
+	{"supervisor_control_requests_total", dto.MetricType_COUNTER, []string{"command", "result"},
+		map[string][]string{"command": {"reload", "scale", "status", "stop"}, "result": {"error", "ok", "rejected"}}},
+	{"supervisor_upgrades_total", dto.MetricType_COUNTER, []string{"result"}, nil},
+	{"process_resident_memory_bytes", dto.MetricType_GAUGE, nil, nil},
+	{"process_cpu_seconds_total", dto.MetricType_COUNTER, nil, nil},
+	{"process_open_fds", dto.MetricType_GAUGE, nil, nil},
+	{"process_start_time_seconds", dto.MetricType_GAUGE, nil, nil},
+	{"go_goroutines", dto.MetricType_GAUGE, nil, nil},
+	{"go_memstats_heap_alloc_bytes", dto.MetricType_GAUGE, nil, nil},
+}
+
+// allowedLabels is every label name /metrics may use: bounded sets only.
+// "slot" is the only per-worker one; no pid, ever.
+var allowedLabels = []string{"command", "cause", "goversion", "how", "reason", "result", "slot", "state", "version"}
+
+// /metrics of a master that has rolled out one reload and rolled back
+// another parses as the Prometheus text format, has every metric DESIGN §6
+// names with its type and labels, counts what happened, carries no pid
+// label, and passes `promtool check metrics`. The other endpoints answer
+// as documented.
+func TestMetricsExposition(t *testing.T) {
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "broken")
+	app := writeScript(t, fmt.Sprintf("if [ -e %s ]; then echo 'app: cannot import settings' >&2; exit 3; fi\nexec %s example-app\n", broken, self(t)))
+	began := time.Now()
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--metrics", "127.0.0.1:0", "--", app)
+	p.ready()
+	maddr := p.metricsAddr()
+	if out, code := p.client("reload", "--wait"); code != 0 {
+		t.Fatalf("reload --wait: exit %d: %s", code, out)
+	}
+	if err := os.WriteFile(broken, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := p.client("reload", "--wait"); code == 0 || !strings.Contains(out, "rolled back") {
+		t.Fatalf("broken reload --wait: exit %d: %s; want non-zero and rolled back", code, out)
+	}
+
+	// The canary of the broken reload is gone, both slots have an RSS sample.
+	var body string
+	var fams map[string]*dto.MetricFamily
+	testkit.WaitFor(t, 10*time.Second, "2 ready workers, none starting or stopping, an RSS per slot", func() bool {
+		body, fams = scrape(t, maddr)
+		ready, _ := sample(fams, "supervisor_workers", "state", "ready")
+		starting, _ := sample(fams, "supervisor_workers", "state", "starting")
+		stopping, _ := sample(fams, "supervisor_workers", "state", "stopping")
+		rss := fams["supervisor_worker_rss_bytes"]
+		return ready == 2 && starting == 0 && stopping == 0 && rss != nil && slices.Equal(labelValues(rss, "slot"), []string{"0", "1"})
+	})
+	logSample(t, body)
+
+	for _, want := range designMetrics {
+		f := fams[want.name]
+		if f == nil {
+			t.Errorf("%s: missing", want.name)
+			continue
+		}
+		if f.GetType() != want.typ {
+			t.Errorf("%s: type %s, want %s", want.name, f.GetType(), want.typ)
+		}
+		if got := labelNames(f); !slices.Equal(got, want.labels) {
+			t.Errorf("%s: labels %v, want %v", want.name, got, want.labels)
+		}
+		for label, values := range want.values {
+			if got := labelValues(f, label); !isSubset(values, got) {
+				t.Errorf("%s{%s}: values %v, want at least %v (every series exists from the start)", want.name, label, got, values)
+			}
+		}
+	}
+	for name, f := range fams {
+		for _, l := range labelNames(f) {
+			if strings.Contains(strings.ToLower(l), "pid") || !slices.Contains(allowedLabels, l) {
+				t.Errorf("%s has label %q; allowed: %v (no pid, slot the only per-worker label)", name, l, allowedLabels)
+			}
+			if l == "slot" && name != "supervisor_worker_rss_bytes" {
+				t.Errorf("%s has a slot label; only supervisor_worker_rss_bytes is per worker", name)
+			}
+		}
+		if strings.HasPrefix(name, "supervisor_") && f.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total") {
+			t.Errorf("counter %s does not end in _total", name)
+		}
+	}
+
+	// What happened: start, one reload that succeeded, one rolled back.
+	for _, c := range []struct {
+		fam    string
+		labels []string
+		want   func(float64) bool
+		what   string
+	}{
+		{"supervisor_build_info", nil, eq(1), "1"},
+		{"supervisor_workers_desired", nil, eq(2), "2"},
+		{"supervisor_generation", nil, eq(2), "2 (the rolled-back reload changes nothing)"},
+		{"supervisor_reloads_total", []string{"result", "succeeded"}, eq(1), "1"},
+		{"supervisor_reloads_total", []string{"result", "rolled_back"}, eq(1), "1"},
+		{"supervisor_reloads_total", []string{"result", "config_failed"}, eq(0), "0"},
+		{"supervisor_reload_duration_seconds", []string{"result", "succeeded"}, eq(1), "1 observation"},
+		{"supervisor_reload_duration_seconds", []string{"result", "rolled_back"}, eq(1), "1 observation"},
+		{"supervisor_worker_starts_total", []string{"reason", "boot"}, eq(2), "2"},
+		{"supervisor_worker_starts_total", []string{"reason", "reload"}, atLeast(3), "at least 3 (2, then the broken canary)"},
+		{"supervisor_worker_exits_total", []string{"how", "crashed"}, atLeast(1), "at least 1 (the broken canary)"},
+		{"supervisor_worker_exits_total", []string{"how", "stopped"}, atLeast(2), "at least 2 (generation 1)"},
+		{"supervisor_worker_boot_seconds", nil, atLeast(4), "at least 4 observations"},
+		{"supervisor_worker_drain_seconds", nil, atLeast(2), "at least 2 observations"},
+		{"supervisor_control_requests_total", []string{"command", "reload", "result", "ok"}, atLeast(1), "at least 1"},
+		{"supervisor_last_reload_success_timestamp_seconds", nil,
+			func(v float64) bool { return v >= float64(began.Unix()) && v <= float64(time.Now().Unix()+1) }, "a time during the test"},
+		{"supervisor_worker_rss_bytes", []string{"slot", "0"}, atLeast(1 << 20), "at least 1 MiB"},
+	} {
+		if v, ok := sample(fams, c.fam, c.labels...); !ok || !c.want(v) {
+			t.Errorf("%s%v = %v (present %v), want %s", c.fam, c.labels, v, ok, c.what)
+		}
+	}
+
+	t.Run("promtool", func(t *testing.T) {
+		promtool, err := exec.LookPath("promtool")
+		if err != nil {
+			t.Skip("promtool not installed (apt-get install prometheus)")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(body)
+		out, err := cmd.CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) != 0 {
+			t.Errorf("promtool check metrics: %v, output:\n%s", err, out)
+		}
+	})
+
+	t.Run("endpoints", func(t *testing.T) {
+		base := "http://" + maddr
+		for _, c := range []struct {
+			method, path string
+			code         int
+			body         string
+		}{
+			{"GET", "/health/live", 200, "ok"},
+			{"GET", "/health/ready", 200, "ready: 2/2 workers ready"},
+			{"GET", "/status", 200, `"phase": "running"`},
+			{"GET", "/", 404, ""},
+			{"GET", "/metricsx", 404, ""},
+			{"GET", "/health", 404, ""},
+			{"POST", "/metrics", 405, ""},
+		} {
+			req, _ := http.NewRequest(c.method, base+c.path, nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Errorf("%s %s: %v", c.method, c.path, err)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.code || !strings.Contains(string(b), c.body) {
+				t.Errorf("%s %s: %d %q, want %d and %q", c.method, c.path, resp.StatusCode, b, c.code, c.body)
+			}
+		}
+		var st statusJSON
+		if _, b, err := fetch(client, base+"/status"); err != nil || json.Unmarshal([]byte(b), &st) != nil {
+			t.Fatalf("/status: %v: %s", err, b)
+		}
+		if ctl := p.statusJSON(); st.Generation != ctl.Generation || st.Workers != ctl.Workers || st.Ready != 2 || len(st.Pool) != 2 {
+			t.Errorf("/status %+v, status --json %+v: want the same master, 2 ready", st, ctl)
+		}
+	})
+}
+
+func eq(want float64) func(float64) bool      { return func(v float64) bool { return v == want } }
+func atLeast(want float64) func(float64) bool { return func(v float64) bool { return v >= want } }
+
+func isSubset(want, got []string) bool {
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// logSample logs the supervisor_* samples of a scrape, buckets left out.
+func logSample(t *testing.T, body string) {
+	var lines []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "supervisor_") && !strings.Contains(l, "_bucket{") {
+			lines = append(lines, l)
+		}
+	}
+	t.Logf("/metrics (supervisor_*, no buckets):\n%s", strings.Join(lines, "\n"))
+}
+
+// vmRSS is a process's resident memory in bytes, from /proc/PID/status.
+func vmRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("VmRSS %q: %v", rest, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
+}
