@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -371,4 +372,122 @@ func vmRSS(t *testing.T, pid int) int64 {
 	}
 	t.Fatalf("no VmRSS in /proc/%d/status", pid)
 	return 0
+}
+
+// startQuick is start with GORACE=atexit_sleep_ms=0 for the master and so
+// for its workers: a -race binary otherwise sleeps 1 s as it exits, and a
+// rollout waits for each old worker's exit before it starts the next batch
+// (stopping workers count toward workers + max_surge).
+func startQuick(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := command(t, args...)
+	cmd.Env = append(cmd.Env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	return startCmd(t, cmd)
+}
+
+// TERM with --shutdown-delay 2s: /health/ready says 503 within 50 ms of the
+// signal and stays 503, /health/live stays 200, and the app keeps serving
+// every request for the whole delay; then the master exits 0.
+func TestTermShutdownDelayHealth(t *testing.T) {
+	const delay = 2 * time.Second
+	p := startQuick(t, "--bind", "127.0.0.1:0", "--workers", "2", "--shutdown-delay", delay.String(),
+		"--metrics", "127.0.0.1:0", "--", self(t), "example-app")
+	addr := p.ready()
+	base := "http://" + p.metricsAddr()
+	hc := metricsClient()
+	testkit.WaitFor(t, 10*time.Second, "/health/ready 200", func() bool {
+		code, _, _ := fetch(hc, base+"/health/ready")
+		return code == http.StatusOK
+	})
+
+	// One goroutine asks /health/ready in a tight loop, on a kept-alive
+	// connection, recording when each answer arrived.
+	type answer struct {
+		at   time.Time
+		code int
+		body string
+		err  error
+	}
+	var answers []answer // the poller's until it is done
+	quit, polling, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		rc := metricsClient()
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			code, body, err := fetch(rc, base+"/health/ready")
+			answers = append(answers, answer{time.Now(), code, body, err})
+			if i == 10 {
+				close(polling)
+			}
+		}
+	}()
+	testkit.Recv(t, polling, 10*time.Second, "the readiness poller to be under way")
+	stopLoad := load(t, addr, 2)
+
+	killAt := time.Now()
+	p.signal(syscall.SIGTERM)
+	live, notLive := 0, []string{}
+	tick := time.NewTicker(50 * time.Millisecond)
+	for time.Since(killAt) < delay-300*time.Millisecond {
+		if code, body, err := fetch(hc, base+"/health/live"); code == http.StatusOK {
+			live++
+		} else {
+			notLive = append(notLive, fmt.Sprintf("%s after TERM: %d %q %v", time.Since(killAt), code, body, err))
+		}
+		<-tick.C
+	}
+	tick.Stop()
+	ok, failed := stopLoad()
+	served := time.Since(killAt)
+	close(quit)
+	testkit.Recv(t, done, 15*time.Second, "the readiness poller to end")
+
+	var first *answer
+	polls, after := 0, 0
+	for i := range answers {
+		a := &answers[i]
+		if a.at.Before(killAt) {
+			continue
+		}
+		polls++
+		switch {
+		case a.err != nil:
+			t.Errorf("/health/ready %s after TERM: %v", a.at.Sub(killAt), a.err)
+		case first == nil && a.code == http.StatusServiceUnavailable:
+			first = a
+		case first == nil && a.code == http.StatusOK:
+		case first == nil:
+			t.Errorf("/health/ready %s after TERM: %d %q, want 200 then 503", a.at.Sub(killAt), a.code, a.body)
+		case a.code != http.StatusServiceUnavailable:
+			t.Errorf("/health/ready %s after TERM: %d %q after a 503, want 503 until the end", a.at.Sub(killAt), a.code, a.body)
+		default:
+			after++
+		}
+	}
+	if first == nil {
+		t.Fatalf("/health/ready never said 503 in %d polls over %s after TERM", polls, served)
+	}
+	latency := first.at.Sub(killAt)
+	t.Logf("/health/ready first 503 %s after kill() (%q); %d polls after TERM, %d more 503s", latency, strings.TrimSpace(first.body), polls, after)
+	if latency > 50*time.Millisecond {
+		t.Errorf("/health/ready said 503 %s after TERM, want within 50ms", latency)
+	}
+	t.Logf("/health/live: %d times 200 during the delay; app: %d requests ok, %d failed over the first %s", live, ok, failed, served)
+	if len(notLive) > 0 || live == 0 {
+		t.Errorf("/health/live not 200 during the shutdown delay (%d ok): %v", live, notLive)
+	}
+	if failed > 0 || ok == 0 {
+		t.Errorf("%d app requests failed (%d ok) during the shutdown delay, want none", failed, ok)
+	}
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d after TERM, want 0", code)
+	}
+	if took := time.Since(killAt); took < delay {
+		t.Errorf("master exited %s after TERM, before the %s shutdown delay", took, delay)
+	}
 }
