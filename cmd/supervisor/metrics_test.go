@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/supervisor-dev/supervisor/internal/testkit"
+	"github.com/supervisor-dev/supervisor/supervisor"
 )
 
 // metricsAddr is the address the master serves --metrics on, from its
@@ -190,16 +191,16 @@ func TestMetricsExposition(t *testing.T) {
 	broken := filepath.Join(dir, "broken")
 	app := writeScript(t, fmt.Sprintf("if [ -e %s ]; then echo 'app: cannot import settings' >&2; exit 3; fi\nexec %s example-app\n", broken, self(t)))
 	began := time.Now()
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--metrics", "127.0.0.1:0", "--", app)
+	p := startQuick(t, "--bind", "127.0.0.1:0", "--workers", "2", "--metrics", "127.0.0.1:0", "--", app)
 	p.ready()
 	maddr := p.metricsAddr()
-	if out, code := p.client("reload", "--wait"); code != 0 {
+	if out, code := p.quickClient("reload", "--wait"); code != 0 {
 		t.Fatalf("reload --wait: exit %d: %s", code, out)
 	}
 	if err := os.WriteFile(broken, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, code := p.client("reload", "--wait"); code == 0 || !strings.Contains(out, "rolled back") {
+	if out, code := p.quickClient("reload", "--wait"); code == 0 || !strings.Contains(out, "rolled back") {
 		t.Fatalf("broken reload --wait: exit %d: %s; want non-zero and rolled back", code, out)
 	}
 
@@ -325,7 +326,7 @@ func TestMetricsExposition(t *testing.T) {
 		if _, b, err := fetch(client, base+"/status"); err != nil || json.Unmarshal([]byte(b), &st) != nil {
 			t.Fatalf("/status: %v: %s", err, b)
 		}
-		if ctl := p.statusJSON(); st.Generation != ctl.Generation || st.Workers != ctl.Workers || st.Ready != 2 || len(st.Pool) != 2 {
+		if ctl := p.controlStatus(); st.Generation != ctl.Generation || st.Workers != ctl.Workers || st.Ready != 2 || len(st.Pool) != 2 {
 			t.Errorf("/status %+v, status --json %+v: want the same master, 2 ready", st, ctl)
 		}
 	})
@@ -380,9 +381,30 @@ func vmRSS(t *testing.T, pid int) int64 {
 // (stopping workers count toward workers + max_surge).
 func startQuick(t *testing.T, args ...string) *proc {
 	t.Helper()
-	cmd := command(t, args...)
+	return startCmd(t, quick(command(t, args...)))
+}
+
+// quick sets GORACE=atexit_sleep_ms=0 in cmd's environment (see startQuick).
+func quick(cmd *exec.Cmd) *exec.Cmd {
 	cmd.Env = append(cmd.Env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	return startCmd(t, cmd)
+	return cmd
+}
+
+// quickClient is p.client without the 1 s a -race client sleeps at exit.
+func (p *proc) quickClient(args ...string) (string, int) {
+	p.t.Helper()
+	return runToEnd(p.t, quick(command(p.t, append(args, "--control", controlPath(p.cmd))...)))
+}
+
+// controlStatus asks p for its status over the control socket, in
+// process: a poll without starting a client.
+func (p *proc) controlStatus() *supervisor.Status {
+	p.t.Helper()
+	resp, err := supervisor.CallControl(controlPath(p.cmd), supervisor.Request{Command: "status"}, 10*time.Second)
+	if err != nil || !resp.OK || resp.Status == nil {
+		p.t.Fatalf("status: %v %+v", err, resp)
+	}
+	return resp.Status
 }
 
 // TERM with --shutdown-delay 2s: /health/ready says 503 within 50 ms of the

@@ -40,7 +40,7 @@ func TestPrometheusScrapesTheMaster(t *testing.T) {
 
 	reload := func(wantOK bool) {
 		t.Helper()
-		out, code := p.client("reload", "--wait")
+		out, code := p.quickClient("reload", "--wait")
 		if (code == 0) != wantOK {
 			t.Fatalf("reload --wait: exit %d: %s (want success %v)", code, out, wantOK)
 		}
