@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -511,5 +513,249 @@ func TestTermShutdownDelayHealth(t *testing.T) {
 	}
 	if took := time.Since(killAt); took < delay {
 		t.Errorf("master exited %s after TERM, before the %s shutdown delay", took, delay)
+	}
+}
+
+// probeLoop asks the master, every 50 ms until stop is called, for its
+// status over the control socket (ctl) and for /health/live (at maddr),
+// and returns the slowest answer of each and every failure.
+func probeLoop(ctl, maddr string) (stop func() (n int, slowStatus, slowLive time.Duration, errs []string)) {
+	var (
+		n                    int
+		slowStatus, slowLive time.Duration
+		errs                 []string
+	)
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		c := metricsClient()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			began := time.Now()
+			resp, err := supervisor.CallControl(ctl, supervisor.Request{Command: "status"}, 5*time.Second)
+			took := time.Since(began)
+			if err != nil || !resp.OK || resp.Status == nil {
+				errs = append(errs, fmt.Sprintf("status after %s: %v %+v", took, err, resp))
+			}
+			slowStatus = max(slowStatus, took)
+			began = time.Now()
+			code, body, err := fetch(c, "http://"+maddr+"/health/live")
+			took = time.Since(began)
+			if code != http.StatusOK {
+				errs = append(errs, fmt.Sprintf("/health/live after %s: %d %q %v", took, code, body, err))
+			}
+			slowLive = max(slowLive, took)
+			n++
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (int, time.Duration, time.Duration, []string) {
+		close(quit)
+		<-done
+		return n, slowStatus, slowLive, errs
+	}
+}
+
+// scrapes counts the answers of a scraper: metrics, a quick 503 (a server
+// that caps concurrent scrapes may refuse some of a burst), or a failure.
+type scrapes struct {
+	mu      sync.Mutex
+	ok      int
+	refused int
+	failed  []string
+	slowest time.Duration
+}
+
+func (s *scrapes) do(c *http.Client, url string) {
+	began := time.Now()
+	code, body, err := fetch(c, url)
+	took := time.Since(began)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err == nil && code == http.StatusOK && strings.Contains(body, "supervisor_workers{"):
+		s.ok++
+		s.slowest = max(s.slowest, took)
+	case err == nil && code == http.StatusServiceUnavailable:
+		s.refused++
+	default:
+		s.failed = append(s.failed, fmt.Sprintf("%d %v %.100q", code, err, body))
+	}
+}
+
+func (s *scrapes) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("%d ok (slowest %s), %d refused (503), %d failed", s.ok, s.slowest.Round(time.Millisecond), s.refused, len(s.failed))
+}
+
+// burstScrapes scrapes url n times at once, each on a connection of its
+// own, with gzip as Prometheus asks for it, and returns how long it took.
+func burstScrapes(s *scrapes, url string, n int) time.Duration {
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			s.do(client, url)
+		}()
+	}
+	began := time.Now()
+	close(gate)
+	wg.Wait()
+	return time.Since(began)
+}
+
+// goResident is the memory the master at maddr's Go runtime holds from
+// the OS and has not given back (go_memstats_sys_bytes less
+// go_memstats_heap_released_bytes): its part of RSS, without
+// ThreadSanitizer's own under -race.
+func goResident(t *testing.T, maddr string) int64 {
+	t.Helper()
+	_, fams := scrape(t, maddr)
+	sys, ok1 := sample(fams, "go_memstats_sys_bytes")
+	released, ok2 := sample(fams, "go_memstats_heap_released_bytes")
+	if !ok1 || !ok2 {
+		t.Fatal("no go_memstats_sys_bytes or go_memstats_heap_released_bytes in /metrics")
+	}
+	return int64(sys - released)
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// Abuse of the metrics port during a rollout of 16 workers: a scraper 10
+// times a second, a burst of 100 concurrent scrapes once the rollout is
+// under way, and a client that connects and sends nothing. The rollout
+// takes at most 3 times as long as one without the abuse, status (control
+// socket) and /health/live answer within 1 s throughout, every scrape
+// succeeds or is refused with a 503, the silent client is hung up
+// on, and the master's memory stays bounded: RSS under twice what it was
+// plus 8 MiB, and a second burst grows it by at most a quarter plus 8 MiB.
+func TestMetricsAbuseDuringRollout(t *testing.T) {
+	const workers = 16
+	p := startQuick(t, "--bind", "127.0.0.1:0", "--workers", strconv.Itoa(workers), "--metrics", "127.0.0.1:0",
+		"--", self(t), "example-app", "--boot-delay", "100ms")
+	p.ready()
+	maddr := p.metricsAddr()
+	ctl := controlPath(p.cmd)
+	pid := p.cmd.Process.Pid
+	metricsURL := "http://" + maddr + "/metrics"
+
+	// rollout runs reload --wait, calls during once the master has logged
+	// the start of the rollout, and returns how long reload --wait took.
+	reloads := 0
+	rollout := func(during func()) time.Duration {
+		t.Helper()
+		stopProbes := probeLoop(ctl, maddr)
+		cmd := quick(command(t, "reload", "--wait", "--timeout", "60s", "--control", ctl))
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		began := time.Now()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		reloads++
+		p.waitLogCount("reload", reloads, 10*time.Second)
+		during()
+		err := testkit.Recv(t, waited, 90*time.Second, "reload --wait")
+		took := time.Since(began)
+		n, slowStatus, slowLive, errs := stopProbes()
+		if err != nil {
+			t.Fatalf("reload --wait: %v: %s", err, out.String())
+		}
+		t.Logf("reload --wait took %s (%s); %d probes: status slowest %s, /health/live slowest %s, %d failures",
+			took.Round(time.Millisecond), strings.TrimSpace(out.String()), n, slowStatus.Round(time.Millisecond), slowLive.Round(time.Millisecond), len(errs))
+		if len(errs) > 0 || n == 0 {
+			t.Errorf("%d probes of status and /health/live, failures: %v", n, errs)
+		}
+		if slowStatus > time.Second {
+			t.Errorf("status took %s to answer during the rollout, want under 1s", slowStatus)
+		}
+		testkit.WaitFor(t, 30*time.Second, "16 ready workers, no other process", func() bool {
+			st := p.controlStatus()
+			return st.Ready == workers && len(st.Pool) == workers
+		})
+		return took
+	}
+
+	base := rollout(func() {})
+	rssBefore, goBefore := vmRSS(t, pid), goResident(t, maddr)
+
+	// The abuse: a silent client, a scraper 10 times a second (kept-alive
+	// connection, as Prometheus), then once the rollout is under way 100
+	// scrapes at once.
+	silent, err := net.Dial("tcp", maddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silentAt := time.Now()
+	var steady, burst, again scrapes
+	quit, scraped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(scraped)
+		c := metricsClient()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			steady.do(c, metricsURL)
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var burstTook time.Duration
+	var burstAt time.Time
+	abused := rollout(func() {
+		burstAt = time.Now()
+		burstTook = burstScrapes(&burst, metricsURL, 100)
+	})
+	rolledOut := time.Now()
+	close(quit)
+	testkit.Recv(t, scraped, 15*time.Second, "the scraper to end")
+	rssAfter, goAfter := vmRSS(t, pid), goResident(t, maddr)
+	againTook := burstScrapes(&again, metricsURL, 100)
+	rssAgain := vmRSS(t, pid)
+
+	t.Logf("rollout of %d workers: %s without abuse, %s with it (%.2fx)", workers, base.Round(time.Millisecond), abused.Round(time.Millisecond), float64(abused)/float64(base))
+	t.Logf("scraper at 10/s: %s; burst of 100 during the rollout: %s in %s; another burst after it: %s in %s",
+		&steady, &burst, burstTook.Round(time.Millisecond), &again, againTook.Round(time.Millisecond))
+	t.Logf("master VmRSS: %s before the abuse, %s after, %s after another burst; of which the Go runtime's (sys less released): %s before, %s after",
+		mib(rssBefore), mib(rssAfter), mib(rssAgain), mib(goBefore), mib(goAfter))
+	if abused > 3*base {
+		t.Errorf("the rollout took %s under abuse of the metrics port, more than 3x the %s without", abused, base)
+	}
+	if !burstAt.Before(rolledOut) {
+		t.Errorf("the burst began after the rollout ended: it tested nothing")
+	}
+	if len(steady.failed) > 0 || len(burst.failed) > 0 || len(again.failed) > 0 || steady.ok == 0 || burst.ok == 0 || again.ok == 0 {
+		t.Errorf("failed scrapes: steady %v, burst %v, another burst %v", steady.failed, burst.failed, again.failed)
+	}
+	if bound := 2*rssBefore + 8<<20; rssAfter > bound {
+		t.Errorf("master RSS %s after the abuse, over twice the %s before plus 8 MiB", mib(rssAfter), mib(rssBefore))
+	}
+	if rssAgain > rssAfter+rssAfter/4+8<<20 {
+		t.Errorf("master RSS grew from %s to %s with a second burst: it keeps growing", mib(rssAfter), mib(rssAgain))
+	}
+
+	// The silent client still holds its connection, until the server's
+	// 5 s header timeout hangs up on it.
+	_ = silent.SetReadDeadline(silentAt.Add(15 * time.Second))
+	n, err := silent.Read(make([]byte, 1))
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Errorf("the metrics server still holds a silent connection after 15s")
+	} else {
+		t.Logf("the metrics server hung up on the silent client after %s (read %d bytes, %v)", time.Since(silentAt).Round(time.Millisecond), n, err)
 	}
 }
