@@ -30,7 +30,7 @@ const liveTimeout = time.Second
 // waits for the loop. Other paths are 404.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, MaxRequestsInFlight: 4})) // more at once get a 503: each costs a gather and a gzip writer
 	mux.HandleFunc("GET /health/live", func(w http.ResponseWriter, _ *http.Request) {
 		if m.live.check(liveTimeout) {
 			text(w, http.StatusOK, "ok: the event loop answers")
