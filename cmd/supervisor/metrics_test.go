@@ -759,3 +759,110 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 		t.Logf("the metrics server hung up on the silent client after %s (read %d bytes, %v)", time.Since(silentAt).Round(time.Millisecond), n, err)
 	}
 }
+
+// runSplit runs cmd to its end (killing it after 30 s) and returns its
+// stdout, its stderr and its exit code.
+func runSplit(t *testing.T, cmd *exec.Cmd) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		code = 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("supervisor did not exit within 30s; stderr:\n%s", errOut.String())
+	}
+	return out.String(), errOut.String(), code
+}
+
+// badMetricsCase is a master's command line that must fail before it
+// binds or starts anything.
+type badMetricsCase struct {
+	name string
+	args []string // before -- COMMAND
+	want []string // in the one line on stderr
+}
+
+// checkBadMetrics runs each case's master with a --bind on a free port
+// (bind), a worker that would leave a mark, and wants exit status 1, one
+// line on stderr, "supervisor: " and every want in it, nothing on stdout,
+// no worker started, and the bind's port free again.
+func checkBadMetrics(t *testing.T, bind string, cases []badMetricsCase) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			mark := filepath.Join(t.TempDir(), "started")
+			worker := writeScript(t, "echo $$ >> "+mark+"\nexec sleep 60\n")
+			stdout, stderr, code := runSplit(t, command(t, append(tc.args, "--", worker)...))
+			lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+			ok := code == 1 && len(lines) == 1 && strings.HasPrefix(lines[0], "supervisor: ")
+			for _, w := range tc.want {
+				ok = ok && strings.Contains(lines[0], w)
+			}
+			if !ok {
+				t.Errorf("exit %d, stderr:\n%s\nwant exit 1 and one line 'supervisor: ...' with %q", code, stderr, tc.want)
+			} else {
+				t.Logf("%s", lines[0])
+			}
+			if stdout != "" {
+				t.Errorf("stdout %q, want nothing", stdout)
+			}
+			if b, err := os.ReadFile(mark); err == nil {
+				t.Errorf("a worker was started (pid %s)", strings.TrimSpace(string(b)))
+			}
+			if strings.HasPrefix(bind, "127.0.0.1:") {
+				var lc net.ListenConfig
+				if ln, err := lc.Listen(context.Background(), "tcp", bind); err != nil {
+					t.Errorf("the --bind port is still taken after the master exited: %v", err)
+				} else {
+					ln.Close()
+				}
+			}
+		})
+	}
+}
+
+// Bad --metrics values, each refused with one line on stderr and exit
+// status 1, before anything is bound or started.
+func TestMetricsBadInput(t *testing.T) {
+	busy := listenTCP(t).Addr().String()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "app.sock")
+	bind := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	config := filepath.Join(dir, "supervisor.yaml")
+	if err := os.WriteFile(config, []byte("metrics: \"nonsense:port\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // after the parallel subtests
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("%s exists after the masters exited: %v", sock, err)
+		}
+	})
+	b := []string{"--bind", bind}
+	with := func(extra ...string) []string { return append(slices.Clone(b), extra...) }
+	checkBadMetrics(t, bind, []badMetricsCase{
+		{"port in use", with("--metrics", busy), []string{"--metrics " + busy, "address already in use"}},
+		{"port not a number", with("--metrics", "nonsense:port"), []string{`bad --metrics "nonsense:port"`, `port "port" is not a number`, "want HOST:PORT or unix:/path"}},
+		{"no port", with("--metrics", "localhost"), []string{`bad --metrics "localhost"`, "want HOST:PORT or unix:/path"}},
+		{"port out of range", with("--metrics", "127.0.0.1:99999"), []string{`bad --metrics "127.0.0.1:99999"`, "out of range"}},
+		{"fd", with("--metrics", "fd://3"), []string{`bad --metrics "fd://3"`, "the master binds this socket itself"}},
+		{"systemd", with("--metrics", "systemd"), []string{`bad --metrics "systemd"`, "the master binds this socket itself"}},
+		{"empty unix path", with("--metrics", "unix:"), []string{`bad --metrics "unix:"`, "missing socket path"}},
+		{"unix path in no directory", with("--metrics", "unix:"+filepath.Join(dir, "none", "m.sock")), []string{"--metrics unix:", "no such file or directory"}},
+		{"same as --bind", with("--metrics", bind), []string{"--metrics " + bind, "also given as --bind " + bind}},
+		{"same unix path as --bind", []string{"--bind", "unix:" + sock, "--metrics", "unix:" + sock}, []string{"--metrics unix:" + sock, "also given as --bind unix:" + sock}},
+		{"in the config file", with("--config", config), []string{`"nonsense:port"`, "want HOST:PORT or unix:/path"}},
+	})
+}
