@@ -866,3 +866,23 @@ func TestMetricsBadInput(t *testing.T) {
 		{"in the config file", with("--config", config), []string{`"nonsense:port"`, "want HOST:PORT or unix:/path"}},
 	})
 }
+
+// --metrics on the port of a --bind that covers it, spelt differently (a
+// wildcard host and a specific one), is the same mistake as the same
+// address: refused up front with one line naming both flags. (Fails
+// today: the master binds the metrics socket, logs "metrics listening",
+// then fails the bind with "address already in use: stop the other
+// process", the other process being itself.)
+func TestMetricsOverlappingBindIsBadInput(t *testing.T) {
+	for _, c := range []struct{ name, bind, metrics string }{
+		{"--bind :PORT", ":", "127.0.0.1:"},
+		{"--bind 0.0.0.0:PORT", "0.0.0.0:", "127.0.0.1:"},
+		{"--metrics :PORT", "127.0.0.1:", ":"},
+	} {
+		port := strconv.Itoa(freePort(t)) // one each: today's masters bind it
+		bind, metrics := c.bind+port, c.metrics+port
+		checkBadMetrics(t, "127.0.0.1:"+port, []badMetricsCase{
+			{c.name, []string{"--bind", bind, "--metrics", metrics}, []string{"--metrics " + metrics, "--bind " + bind}},
+		})
+	}
+}
