@@ -649,9 +649,10 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 	metricsURL := "http://" + maddr + "/metrics"
 
 	// rollout runs reload --wait, calls during once the master has logged
-	// the start of the rollout, and returns how long reload --wait took.
+	// the start of the rollout, and returns how long reload --wait took
+	// and when it ended.
 	reloads := 0
-	rollout := func(during func()) time.Duration {
+	rollout := func(during func()) (time.Duration, time.Time) {
 		t.Helper()
 		stopProbes := probeLoop(ctl, maddr)
 		cmd := quick(command(t, "reload", "--wait", "--timeout", "60s", "--control", ctl))
@@ -661,16 +662,20 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waited := make(chan error, 1)
-		go func() { waited <- cmd.Wait() }()
+		type exit struct {
+			err error
+			at  time.Time
+		}
+		waited := make(chan exit, 1)
+		go func() { err := cmd.Wait(); waited <- exit{err, time.Now()} }()
 		reloads++
 		p.waitLogCount("reload", reloads, 10*time.Second)
 		during()
-		err := testkit.Recv(t, waited, 90*time.Second, "reload --wait")
-		took := time.Since(began)
+		ended := testkit.Recv(t, waited, 90*time.Second, "reload --wait")
+		took := ended.at.Sub(began)
 		n, slowStatus, slowLive, errs := stopProbes()
-		if err != nil {
-			t.Fatalf("reload --wait: %v: %s", err, out.String())
+		if ended.err != nil {
+			t.Fatalf("reload --wait: %v: %s", ended.err, out.String())
 		}
 		t.Logf("reload --wait took %s (%s); %d probes: status slowest %s, /health/live slowest %s, %d failures",
 			took.Round(time.Millisecond), strings.TrimSpace(out.String()), n, slowStatus.Round(time.Millisecond), slowLive.Round(time.Millisecond), len(errs))
@@ -684,10 +689,10 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 			st := p.controlStatus()
 			return st.Ready == workers && len(st.Pool) == workers
 		})
-		return took
+		return took, ended.at
 	}
 
-	base := rollout(func() {})
+	base, _ := rollout(func() {})
 	rssBefore, goBefore := vmRSS(t, pid), goResident(t, maddr)
 
 	// The abuse: a silent client, a scraper 10 times a second (kept-alive
@@ -717,11 +722,10 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 	}()
 	var burstTook time.Duration
 	var burstAt time.Time
-	abused := rollout(func() {
+	abused, rolledOut := rollout(func() {
 		burstAt = time.Now()
 		burstTook = burstScrapes(&burst, metricsURL, 100)
 	})
-	rolledOut := time.Now()
 	close(quit)
 	testkit.Recv(t, scraped, 15*time.Second, "the scraper to end")
 	rssAfter, goAfter := vmRSS(t, pid), goResident(t, maddr)
@@ -729,15 +733,15 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 	rssAgain := vmRSS(t, pid)
 
 	t.Logf("rollout of %d workers: %s without abuse, %s with it (%.2fx)", workers, base.Round(time.Millisecond), abused.Round(time.Millisecond), float64(abused)/float64(base))
-	t.Logf("scraper at 10/s: %s; burst of 100 during the rollout: %s in %s; another burst after it: %s in %s",
-		&steady, &burst, burstTook.Round(time.Millisecond), &again, againTook.Round(time.Millisecond))
+	t.Logf("scraper at 10/s: %s; burst of 100 from %s into the rollout: %s in %s; another burst after it: %s in %s",
+		&steady, burstAt.Sub(rolledOut.Add(-abused)).Round(time.Millisecond), &burst, burstTook.Round(time.Millisecond), &again, againTook.Round(time.Millisecond))
 	t.Logf("master VmRSS: %s before the abuse, %s after, %s after another burst; of which the Go runtime's (sys less released): %s before, %s after",
 		mib(rssBefore), mib(rssAfter), mib(rssAgain), mib(goBefore), mib(goAfter))
 	if abused > 3*base {
 		t.Errorf("the rollout took %s under abuse of the metrics port, more than 3x the %s without", abused, base)
 	}
 	if !burstAt.Before(rolledOut) {
-		t.Errorf("the burst began after the rollout ended: it tested nothing")
+		t.Errorf("the burst began %s after reload --wait ended: it tested nothing", burstAt.Sub(rolledOut))
 	}
 	if len(steady.failed) > 0 || len(burst.failed) > 0 || len(again.failed) > 0 || steady.ok == 0 || burst.ok == 0 || again.ok == 0 {
 		t.Errorf("failed scrapes: steady %v, burst %v, another burst %v", steady.failed, burst.failed, again.failed)
