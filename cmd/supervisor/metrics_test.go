@@ -864,26 +864,25 @@ func TestMetricsBadInput(t *testing.T) {
 		{"fd", with("--metrics", "fd://3"), []string{`bad --metrics "fd://3"`, "the master binds this socket itself"}},
 		{"systemd", with("--metrics", "systemd"), []string{`bad --metrics "systemd"`, "the master binds this socket itself"}},
 		{"empty unix path", with("--metrics", "unix:"), []string{`bad --metrics "unix:"`, "missing socket path"}},
-		{"unix path in no directory", with("--metrics", "unix:"+filepath.Join(dir, "none", "m.sock")), []string{"--metrics unix:", "no such file or directory"}},
-		{"same as --bind", with("--metrics", bind), []string{"--metrics " + bind, "also given as --bind " + bind}},
-		{"same unix path as --bind", []string{"--bind", "unix:" + sock, "--metrics", "unix:" + sock}, []string{"--metrics unix:" + sock, "also given as --bind unix:" + sock}},
+		{"unix path in no directory", with("--metrics", "unix:"+filepath.Join(dir, "none", "m.sock")), []string{"--metrics unix:", "no directory " + filepath.Join(dir, "none") + ": create it first"}},
+		{"same as --bind", with("--metrics", bind), []string{"--metrics " + bind, "the same port as --bind " + bind}},
+		{"same unix path as --bind", []string{"--bind", "unix:" + sock, "--metrics", "unix:" + sock}, []string{"--metrics unix:" + sock, "the same socket as --bind unix:" + sock}},
 		{"in the config file", with("--config", config), []string{`"nonsense:port"`, "want HOST:PORT or unix:/path"}},
 	})
 }
 
 // --metrics on the port of a --bind that covers it, spelt differently (a
 // wildcard host and a specific one), is the same mistake as the same
-// address: refused up front with one line naming both flags. (Fails
-// today: the master binds the metrics socket, logs "metrics listening",
-// then fails the bind with "address already in use: stop the other
-// process", the other process being itself.)
+// address: refused up front with one line naming both flags (not, after
+// binding the metrics socket, "address already in use: stop the other
+// process", the other process being the master itself).
 func TestMetricsOverlappingBindIsBadInput(t *testing.T) {
 	for _, c := range []struct{ name, bind, metrics string }{
 		{"--bind :PORT", ":", "127.0.0.1:"},
 		{"--bind 0.0.0.0:PORT", "0.0.0.0:", "127.0.0.1:"},
 		{"--metrics :PORT", "127.0.0.1:", ":"},
 	} {
-		port := strconv.Itoa(freePort(t)) // one each: today's masters bind it
+		port := strconv.Itoa(freePort(t)) // one each: a regression would bind it
 		bind, metrics := c.bind+port, c.metrics+port
 		checkBadMetrics(t, "127.0.0.1:"+port, []badMetricsCase{
 			{c.name, []string{"--bind", bind, "--metrics", metrics}, []string{"--metrics " + metrics, "--bind " + bind}},
