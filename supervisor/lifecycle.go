@@ -59,8 +59,23 @@ func (m *master) fail(err error) {
 	m.stopAll(syscall.SIGTERM, min(fastGrace, m.cfg().GracefulTimeout))
 }
 
-// status is the master and its pool, for `supervisor status`.
+// status is the master and its pool, for `supervisor status`, in slot,
+// generation, pid order.
 func (m *master) status() Status {
+	st := m.unsortedStatus()
+	sortPool(st.Pool)
+	return st
+}
+
+// sortPool orders a pool by slot, generation, pid.
+func sortPool(pool []WorkerInfo) {
+	slices.SortFunc(pool, func(a, b WorkerInfo) int { return cmp.Or(a.Slot-b.Slot, a.Generation-b.Generation, a.Pid-b.Pid) })
+}
+
+// unsortedStatus is status with the pool in no order: what the loop
+// publishes after every turn, where sorting hundreds of workers would
+// cost more than the rest of the snapshot.
+func (m *master) unsortedStatus() Status {
 	pool := make([]WorkerInfo, 0, len(m.workers))
 	ready := 0
 	for _, w := range m.workers {
@@ -70,7 +85,6 @@ func (m *master) status() Status {
 		pool = append(pool, WorkerInfo{Pid: w.proc.Pid, Slot: w.slot, Generation: w.gen, State: w.state.String(),
 			Started: w.proc.Started, Requests: w.requests, Status: w.status, RSS: w.rss, Recycle: w.recycleReason})
 	}
-	slices.SortFunc(pool, func(a, b WorkerInfo) int { return cmp.Or(a.Slot-b.Slot, a.Generation-b.Generation, a.Pid-b.Pid) })
 	return Status{Pid: os.Getpid(), Phase: m.phase.String(), Generation: m.stable, Target: m.target,
 		Workers: m.configs[m.target].Workers, Ready: ready, Started: m.started, LastReload: m.lastReload, Pool: pool}
 }

@@ -307,3 +307,16 @@ func TestLivenessChecks(t *testing.T) {
 		t.Errorf("a check after stop passed, or waited %s", time.Since(start))
 	}
 }
+
+// The cost of a snapshot, which the loop pays at the end of every turn:
+// go test -run '^$' -bench Publish -benchmem ./supervisor/
+func BenchmarkPublish(b *testing.B) {
+	for _, n := range []int{2, 256} {
+		b.Run(fmt.Sprintf("workers=%d", n), func(b *testing.B) {
+			s := newSim(b, func(c *Config) { c.Workers = n })
+			for range b.N {
+				s.m.publish()
+			}
+		})
+	}
+}

@@ -10,7 +10,7 @@ import (
 // snapshot is the master's state as the loop last published it: what
 // /metrics, /health/ready and /status read without asking the loop.
 type snapshot struct {
-	status   Status // as `status --json`, without RSS (filled at read time)
+	status   Status // as `status --json`, but the pool unsorted and without RSS (both done at read time)
 	ready    bool   // /health/ready: running, at least `workers` ready
 	requests int64  // X_REQUESTS totals, exited workers included
 }
@@ -18,7 +18,7 @@ type snapshot struct {
 // publish stores the state as it is after this turn of the loop and answers
 // every liveness check waiting: a turn is proof the loop answers.
 func (m *master) publish() {
-	st := m.status()
+	st := m.unsortedStatus()
 	reqs := m.requestsDone
 	for _, w := range st.Pool {
 		reqs += w.Requests
@@ -63,9 +63,11 @@ func (c *rssCache) bySlot(pool []WorkerInfo) map[int]int64 {
 	return out
 }
 
-// withRSS returns st with each worker's RSS from a sample.
+// withRSS returns st with each worker's RSS from a sample, and its pool
+// (a copy) sorted as status sorts it.
 func withRSS(st Status, rss map[int]int64) Status {
 	st.Pool = append([]WorkerInfo(nil), st.Pool...)
+	sortPool(st.Pool)
 	for i, w := range st.Pool {
 		if n, ok := rss[w.Pid]; ok {
 			st.Pool[i].RSS = n
