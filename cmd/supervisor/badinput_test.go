@@ -71,11 +71,19 @@ func TestBadInputPermissionDenied(t *testing.T) {
 }
 
 // runToEnd runs cmd to its end (killing it after 30 s) and returns its
-// output and exit code.
+// output (stdout and stderr together) and exit code.
 func runToEnd(t *testing.T, cmd *exec.Cmd) (string, int) {
 	t.Helper()
 	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	code := runWith(t, cmd, &out, &out)
+	return out.String(), code
+}
+
+// runWith runs cmd to its end with its stdout and stderr written to those
+// buffers, killing it after 30 s, and returns its exit code.
+func runWith(t *testing.T, cmd *exec.Cmd, stdout, stderr *syncBuffer) int {
+	t.Helper()
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -84,18 +92,18 @@ func runToEnd(t *testing.T, cmd *exec.Cmd) (string, int) {
 	select {
 	case err := <-done:
 		if ee, ok := err.(*exec.ExitError); ok {
-			return out.String(), ee.ExitCode()
+			return ee.ExitCode()
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		return out.String(), 0
+		return 0
 	case <-time.After(30 * time.Second):
 		_ = cmd.Process.Kill()
 		<-done
-		t.Fatalf("supervisor did not exit within 30s; output:\n%s", out.String())
+		t.Fatalf("supervisor did not exit within 30s; stderr:\n%s", stderr.String())
 	}
-	return "", 0
+	return 0
 }
 
 func lastLine(s string) string {

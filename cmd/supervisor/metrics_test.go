@@ -769,25 +769,7 @@ func TestMetricsAbuseDuringRollout(t *testing.T) {
 func runSplit(t *testing.T, cmd *exec.Cmd) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errOut syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		code = 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("supervisor did not exit within 30s; stderr:\n%s", errOut.String())
-	}
+	code = runWith(t, cmd, &out, &errOut)
 	return out.String(), errOut.String(), code
 }
 
