@@ -83,7 +83,8 @@ func (s *ControlServer) Count(m *Metrics) { s.metrics = m }
 // master's own euid), reads one Request (at most 64 KiB, within 5 s),
 // rejects a malformed one itself, sends the rest on calls as a Call and
 // writes back the loop's answer, however long the loop takes (a reload
-// with Wait may take minutes). The loop must answer every Call it receives,
+// with Wait may take minutes). A status answer gets each worker's RSS
+// here, off the loop. The loop must answer every Call it receives,
 // once, on Call.Reply. Serve may be called once; after Close it does
 // nothing.
 func (s *ControlServer) Serve(calls chan<- Call) {

@@ -13,11 +13,19 @@ import (
 	"go.uber.org/zap"
 )
 
-// liveTimeout is how long /health/live waits for the loop.
-const liveTimeout = time.Second
+const (
+	// liveTimeout is how long /health/live waits for the loop.
+	liveTimeout = time.Second
+	// metricsInFlight bounds the scrapes of /metrics served at once; more
+	// get a 503 at once. Each costs a gather and a gzip writer: a burst of
+	// 100 tripled the master's RSS before the bound. Probes (/health/*)
+	// are not bounded by it.
+	metricsInFlight = 4
+)
 
 // Handler serves the master's own endpoints:
-//   - GET /metrics: the registry, in the Prometheus text format;
+//   - GET /metrics: the registry, in the Prometheus text format (at most
+//     metricsInFlight at once, 503 beyond);
 //   - GET /health/live: 200 while the event loop ends a turn within 1 s,
 //     else 503 (a liveness probe: restart a master that is stuck);
 //   - GET /health/ready: 200 while the master runs with at least `workers`
@@ -30,7 +38,7 @@ const liveTimeout = time.Second
 // waits for the loop. Other paths are 404.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, MaxRequestsInFlight: 4})) // more at once get a 503: each costs a gather and a gzip writer
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, MaxRequestsInFlight: metricsInFlight}))
 	mux.HandleFunc("GET /health/live", func(w http.ResponseWriter, _ *http.Request) {
 		if m.live.check(liveTimeout) {
 			text(w, http.StatusOK, "ok: the event loop answers")
