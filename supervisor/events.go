@@ -18,7 +18,6 @@ func (m *master) onExit(ex workers.Exit) {
 		return
 	}
 	delete(m.workers, ex.Pid)
-	w.endWatch()
 	// Its group may outlive its leader: leave no orphan behind (invariant 4).
 	_ = m.env.signal(w.proc, syscall.SIGKILL)
 	m.requestsDone += w.requests
@@ -140,20 +139,6 @@ func (m *master) markReady(w *worker) {
 	}
 	m.log.Info("ready", zap.Int("workers", cfg.Workers), zap.Int("generation", m.stable), zap.String("command", commandLine(cfg)))
 	m.tellSystemd(fmt.Sprintf("READY=1\nSTATUS=%d workers ready", cfg.Workers))
-}
-
-// onListenSeen marks a starting worker ready once it is seen listening.
-func (m *master) onListenSeen(s listenSeen) {
-	w := m.workers[s.pid]
-	if w == nil || w.state != wStarting {
-		return
-	}
-	if s.err != nil {
-		m.log.Warn("cannot watch the worker for listen readiness; waiting for READY=1 or the ready timeout", append(w.fields(), zap.Error(s.err))...)
-		return
-	}
-	m.log.Debug("worker seen listening", w.fields()...)
-	m.markReady(w)
 }
 
 func (m *master) countReady(gen int) int {

@@ -38,7 +38,7 @@ type master struct {
 	workerNotify string // NOTIFY_SOCKET given to workers: the master's notify socket
 	forker       workers.Forker
 	exited       chan workers.Exit
-	listenSeen   chan listenSeen    // from watchListen
+	listenScans  chan listenScan    // from scanListen, buffered 1
 	rss          chan map[int]int64 // from sampleMemory, buffered 1
 	inodes       map[int]uint64     // socket fd -> inode, for listen readiness
 	started      time.Time
@@ -68,6 +68,8 @@ type master struct {
 	drainUntil   time.Time      // draining: when shutdown_delay ends
 	nextSample   time.Time      // next RSS sample, when max_memory is set
 	sampling     bool           // an RSS sample is under way
+	nextScan     time.Time      // next listen-readiness scan, while a starting worker is watched
+	scanning     bool           // a listen-readiness scan is under way
 	failure      error          // why the master gives up; returned by Run
 }
 
@@ -81,25 +83,25 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 		opts.Metrics = NewMetrics("")
 	}
 	return &master{
-		opts:       opts,
-		env:        e,
-		log:        opts.Log,
-		metrics:    opts.Metrics,
-		exited:     make(chan workers.Exit, 64),
-		listenSeen: make(chan listenSeen),
-		rss:        make(chan map[int]int64, 1),
-		inodes:     map[int]uint64{},
-		started:    e.now(),
-		configs:    map[int]*Resolved{1: cfg},
-		genSockets: map[int][]*listener.Socket{},
-		sockets:    map[string][]*listener.Socket{},
-		stable:     1,
-		target:     1,
-		lastGen:    1,
-		workers:    make(map[int]*worker),
-		restarts:   make(map[int]time.Time),
-		crashes:    make(map[int]int),
-		refill:     make(map[int]string),
+		opts:        opts,
+		env:         e,
+		log:         opts.Log,
+		metrics:     opts.Metrics,
+		exited:      make(chan workers.Exit, 64),
+		listenScans: make(chan listenScan, 1),
+		rss:         make(chan map[int]int64, 1),
+		inodes:      map[int]uint64{},
+		started:     e.now(),
+		configs:     map[int]*Resolved{1: cfg},
+		genSockets:  map[int][]*listener.Socket{},
+		sockets:     map[string][]*listener.Socket{},
+		stable:      1,
+		target:      1,
+		lastGen:     1,
+		workers:     make(map[int]*worker),
+		restarts:    make(map[int]time.Time),
+		crashes:     make(map[int]int),
+		refill:      make(map[int]string),
 	}
 }
 
@@ -126,8 +128,8 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 			m.onIntent(signals.IntentOf(sig), sig.String())
 		case c := <-m.opts.Control:
 			m.onCall(c)
-		case s := <-m.listenSeen:
-			m.onListenSeen(s)
+		case s := <-m.listenScans:
+			m.onListenScan(s)
 		case rss := <-m.rss:
 			m.onRSS(rss)
 		case <-m.metrics.live.wake: // a liveness check: the turn answers it
@@ -195,12 +197,13 @@ func (m *master) start(slot, gen int) {
 	m.metrics.starts.WithLabelValues(m.startReason(slot)).Inc()
 	m.log.Info("worker started", append(w.fields(), zap.String("ready", cfg.Ready))...)
 	if watchesListen(cfg.Ready) {
-		inodes := make([]uint64, len(fds))
+		w.listenInodes = make([]uint64, len(fds))
 		for i, fd := range fds {
-			inodes[i] = m.inodes[fd]
+			w.listenInodes[i] = m.inodes[fd]
 		}
-		w.unwatch = make(chan struct{})
-		go watchListen(p.Pid, inodes, w.unwatch, m.listenSeen)
+		if m.nextScan.IsZero() {
+			m.nextScan = p.Started.Add(listenPoll)
+		}
 	}
 }
 

@@ -430,3 +430,36 @@ func containsAll(s string, parts ...string) bool {
 	}
 	return true
 }
+
+// A listen scan's result counts only for the workers it was taken of: a
+// pid reaped while the scan ran, and reused by a new worker, is not made
+// ready by it; a worker whose files could not be read is no longer watched.
+func TestSimListenScanAppliesToTheWorkerItWasTakenOf(t *testing.T) {
+	s := newSim(t, func(c *Config) { c.Workers = 2 })
+	pids := s.pids(wStarting, 1)
+	a, b := s.m.workers[pids[0]], s.m.workers[pids[1]]
+	a.listenInodes, b.listenInodes = []uint64{7}, []uint64{7}
+	stale := &worker{} // what the scan saw at b's pid: another process
+	s.m.scanning = true
+	s.m.onListenScan(listenScan{
+		scanned:   map[int]*worker{pids[0]: a, pids[1]: stale},
+		listening: []int{pids[0], pids[1]},
+	})
+	// (No advance: its tick would scan these fake pids in the real /proc.)
+	if a.state != wReady || b.state != wStarting {
+		t.Fatalf("after the scan: %s; want %d ready (seen listening), %d starting (the scan saw another process)", s.describe(), pids[0], pids[1])
+	}
+	if s.m.scanning {
+		t.Error("the scan is still under way after its result")
+	}
+	s.m.onListenScan(listenScan{
+		scanned: map[int]*worker{pids[1]: b},
+		errs:    map[int]error{pids[1]: fmt.Errorf("/proc/%d/fd: permission denied", pids[1])},
+	})
+	if b.listenInodes != nil || b.state != wStarting {
+		t.Errorf("a worker whose files could not be read: watched %v, state %s; want unwatched, still starting", b.listenInodes, b.state)
+	}
+	if n := s.logs.FilterMessageSnippet("cannot watch the worker for listen readiness").Len(); n != 1 {
+		t.Errorf("%d warnings about the unreadable worker, want 1", n)
+	}
+}

@@ -12,6 +12,7 @@ import (
 // does when one is due. Each is a named field, zero when not set:
 //   - master.drainUntil: the end of shutdown_delay;
 //   - master.nextSample: the next RSS sample (max_memory);
+//   - master.nextScan: the next listen-readiness scan of starting workers;
 //   - master.restarts: a crashed slot's backoff;
 //   - worker.readyBy, worker.delayedReadyAt: a starting worker's ready
 //     timeout, or its --ready delay;
@@ -22,7 +23,7 @@ import (
 
 // nextDeadline is the earliest time the loop must wake without an event.
 func (m *master) nextDeadline() (time.Time, bool) {
-	ts := []time.Time{m.drainUntil, m.nextSample}
+	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan}
 	for _, at := range m.restarts {
 		ts = append(ts, at)
 	}
@@ -56,6 +57,7 @@ func (m *master) onTick(now time.Time) {
 		m.stopAll(m.cfg().StopSig, m.cfg().GracefulTimeout)
 	}
 	m.sampleMemory(now)
+	m.scanListen(now)
 	for slot, at := range m.restarts {
 		if reached(at, now) {
 			delete(m.restarts, slot) // step starts it

@@ -43,8 +43,10 @@ type worker struct {
 
 	status   string
 	requests int64
-	rss      int64         // its process group's RSS at the last sample
-	unwatch  chan struct{} // closed to end its listen watch; nil when none
+	rss      int64 // its process group's RSS at the last sample
+	// listenInodes: its sockets, while it is watched for listen
+	// readiness (starting, --ready listen or auto); nil otherwise.
+	listenInodes []uint64
 
 	// Recycling: the request limit drawn at spawn (0: none), and why it is
 	// being replaced ("" while it is not).
@@ -56,7 +58,7 @@ type worker struct {
 // leaves; leaving wStarting ends its listen watch.
 func (w *worker) setState(s wstate) {
 	if s != wStarting {
-		w.endWatch()
+		w.listenInodes = nil
 		w.readyBy, w.delayedReadyAt = time.Time{}, time.Time{}
 	}
 	if s != wReady {
@@ -66,14 +68,6 @@ func (w *worker) setState(s wstate) {
 		w.killAt = time.Time{}
 	}
 	w.state = s
-}
-
-// endWatch ends the worker's listen watch, if any. Idempotent.
-func (w *worker) endWatch() {
-	if w.unwatch != nil {
-		close(w.unwatch)
-		w.unwatch = nil
-	}
 }
 
 func (w *worker) fields() []zap.Field {

@@ -84,17 +84,53 @@ func seeListener(pid int, inodes []uint64) (listenEvidence, error) {
 	if len(inodes) == 0 {
 		return listenEvidence{}, nil
 	}
-	r := procReader{inodes: inodes, buf: make([]byte, 16<<10)}
-	members, err := r.group(pid)
-	if err != nil {
-		return listenEvidence{}, err
+	seen, errs := scanGroups(map[int][]uint64{pid: inodes})
+	return seen[pid], errs[pid]
+}
+
+// ListenScan is Listening for many workers in one pass: watch maps each
+// worker's pid (a process group leader, not yet reaped) to its sockets'
+// inodes. One listing of /proc serves them all, where Listening lists /proc
+// on every call; each group is then read as Listening reads it. It returns
+// the pids seen listening, and for each pid whose files could not be read,
+// why (a failed listing fails every pid); a pid in neither is not
+// listening yet. Safe for concurrent use.
+func ListenScan(watch map[int][]uint64) (listening []int, errs map[int]error) {
+	seen, errs := scanGroups(watch)
+	for pid := range seen {
+		listening = append(listening, pid)
 	}
-	for _, m := range members {
-		if ev, err := r.member(m); err != nil || ev.How != "" {
-			return ev, err
+	slices.Sort(listening)
+	return listening, errs
+}
+
+// scanGroups applies Listening's rule to every group in watch at once: the
+// evidence for each pid seen listening, the error for each that failed.
+func scanGroups(watch map[int][]uint64) (map[int]listenEvidence, map[int]error) {
+	seen, errs := map[int]listenEvidence{}, map[int]error{}
+	groups, err := groupsOf(watch)
+	if err != nil {
+		for pid := range watch {
+			errs[pid] = err
+		}
+		return seen, errs
+	}
+	buf := make([]byte, 16<<10)
+	for pid, members := range groups {
+		r := procReader{inodes: watch[pid], buf: buf}
+		for _, m := range members {
+			ev, err := r.member(m)
+			if err != nil {
+				errs[pid] = err
+				break
+			}
+			if ev.How != "" {
+				seen[pid] = ev
+				break
+			}
 		}
 	}
-	return listenEvidence{}, nil
+	return seen, errs
 }
 
 // The syscalls a thread waits for connections in, by number for this GOARCH.
@@ -124,31 +160,44 @@ const pollIn = 0x1 | 0x40
 // maxPollFDs bounds the pollfd array read from a process's memory (64 KiB).
 const maxPollFDs = 8192
 
-// procReader is one Listening call: the inodes and reused buffers.
+// procReader reads one group for Listening: its inodes and a reused buffer.
 type procReader struct {
 	inodes []uint64
 	buf    []byte
 }
 
-// group returns pid (first, unless gone or a zombie) and the other live
-// members of process group pid (groupStats), each confirmed by its stat.
-func (r *procReader) group(pid int) ([]int, error) {
-	stats, err := groupStats(func(n, pg int) bool { return n == pid || pg == pid })
+// groupsOf returns, for each pid in watch, pid (first, unless gone or a
+// zombie) and the other live members of process group pid, each confirmed
+// by its stat: one groupStats listing for them all.
+func groupsOf(watch map[int][]uint64) (map[int][]int, error) {
+	stats, err := groupStats(func(n, pg int) bool {
+		_, leader := watch[n]
+		_, member := watch[pg]
+		return leader || member
+	})
 	if err != nil {
 		return nil, procErr(err)
 	}
-	var members []int
+	groups := map[int][]int{}
 	for _, st := range stats {
-		if (st.PID != pid && st.PGRP != pid) || st.State == "Z" || st.State == "X" {
+		if st.State == "Z" || st.State == "X" {
 			continue
 		}
-		members = append(members, st.PID)
+		pid := st.PGRP
+		if _, ok := watch[st.PID]; ok {
+			pid = st.PID
+		}
+		if _, ok := watch[pid]; !ok {
+			continue
+		}
+		members := append(groups[pid], st.PID)
 		if st.PID == pid {
 			last := len(members) - 1
 			members[0], members[last] = members[last], members[0]
 		}
+		groups[pid] = members
 	}
-	return members, nil
+	return groups, nil
 }
 
 // member applies steps 2-4 of Listening to process pid, in that order.

@@ -504,8 +504,7 @@ func BenchmarkListening(b *testing.B) {
 			want := !strings.HasSuffix(bc.name, "not-listening")
 			deadline := time.Now().Add(15 * time.Second)
 			for {
-				r := procReader{inodes: []uint64{ino}, buf: make([]byte, 16<<10)}
-				m, _ := r.group(p.pid)
+				m, _ := groupOf(p.pid)
 				ok, _ := Listening(p.pid, []uint64{ino})
 				if len(m) == bc.members && ok == want {
 					break
@@ -524,9 +523,8 @@ func BenchmarkListening(b *testing.B) {
 		})
 	}
 	b.Run("proc-scan-only", func(b *testing.B) {
-		r := procReader{inodes: []uint64{1}, buf: make([]byte, 16<<10)}
 		for b.Loop() {
-			if _, err := r.group(os.Getpid()); err != nil {
+			if _, err := groupOf(os.Getpid()); err != nil {
 				b.Fatal(err)
 			}
 		}
