@@ -278,8 +278,16 @@ func ParseSize(s string) (int64, error) {
 	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
 	mult := map[string]float64{"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10,
 		"M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}[unit]
+	bad := fmt.Errorf("--max-memory %q: want a size like 512MiB, 2G or 300000000", s)
+	if i, ierr := strconv.ParseInt(strings.TrimSpace(num), 10, 64); ierr == nil && mult != 0 {
+		// Whole numbers exactly: a float has 53 bits.
+		if i <= 0 || i > (1<<62)/int64(mult) {
+			return 0, bad
+		}
+		return i * int64(mult), nil
+	}
 	if err != nil || mult == 0 || n <= 0 || n*mult > 1<<62 {
-		return 0, fmt.Errorf("--max-memory %q: want a size like 512MiB, 2G or 300000000", s)
+		return 0, bad
 	}
 	return int64(n * mult), nil
 }
