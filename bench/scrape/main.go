@@ -125,43 +125,29 @@ func rollout(control, base string, scraping bool, rate int) (sample, error) {
 	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 5 * time.Second}
 	wg.Go(func() { // the probe
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
+		every(10*time.Millisecond, stop, func() {
 			began := time.Now()
 			ok := get(client, base+"/health/live")
 			mu.Lock()
+			defer mu.Unlock()
 			if ok {
 				s.probes = append(s.probes, time.Since(began))
 			} else {
 				s.failed++
 			}
-			mu.Unlock()
-		}
+		})
 	})
 	if scraping {
 		wg.Go(func() {
-			t := time.NewTicker(time.Second / time.Duration(rate))
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-				}
+			every(time.Second/time.Duration(rate), stop, func() {
 				ok := get(client, base+"/metrics")
 				mu.Lock()
+				defer mu.Unlock()
 				s.scrapes++
 				if !ok {
 					s.failed++
 				}
-				mu.Unlock()
-			}
+			})
 		})
 	}
 	began := time.Now()
@@ -173,6 +159,20 @@ func rollout(control, base string, scraping bool, rate int) (sample, error) {
 		err = fmt.Errorf("reload: %s", resp.Error)
 	}
 	return s, err
+}
+
+// every calls f once per period until stop is closed.
+func every(period time.Duration, stop <-chan struct{}, f func()) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			f()
+		}
+	}
 }
 
 func get(c *http.Client, url string) bool {
