@@ -27,6 +27,7 @@ var commands = []command{
 	{name: "reload", run: (*master).callReload},
 	{name: "scale", check: func(r Request) error { _, _, err := ParseScale(r.Scale); return err }, run: (*master).callScale},
 	{name: "stop", run: (*master).callStop},
+	{name: "upgrade", run: (*master).callUpgrade},
 }
 
 // lookupCommand finds a command by name, or says which names there are.

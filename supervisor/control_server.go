@@ -42,6 +42,7 @@ type ControlServer struct {
 	serving bool
 	closed  bool
 	unlink  bool
+	paused  chan struct{} // non-nil while paused; closed by Resume
 	conns   map[*net.UnixConn]struct{}
 }
 
@@ -137,6 +138,38 @@ func (s *ControlServer) Close() error {
 	return err
 }
 
+// Pause stops accepting connections until Resume, for a master upgrade:
+// from the commit the new master accepts on the same socket, and clients
+// that connect meanwhile wait in its queue, never refused. Connections
+// already accepted are still answered here. Pausing twice is pausing once.
+func (s *ControlServer) Pause() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.paused == nil {
+		s.paused = make(chan struct{})
+		_ = s.ln.SetDeadline(time.Unix(1, 0)) // wakes the accept loop
+	}
+}
+
+// Resume accepts again after Pause (the new master of an upgrade died
+// after the commit, and this master takes its pool back).
+func (s *ControlServer) Resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.paused != nil {
+		_ = s.ln.SetDeadline(time.Time{}) // before the accept loop wakes
+		close(s.paused)
+		s.paused = nil
+	}
+}
+
+// pausedUntil is the channel Resume closes, or nil when not paused.
+func (s *ControlServer) pausedUntil() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused
+}
+
 func (s *ControlServer) accept(calls chan<- Call) {
 	defer s.wg.Done()
 	var delay time.Duration
@@ -145,6 +178,17 @@ func (s *ControlServer) accept(calls chan<- Call) {
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if resume := s.pausedUntil(); resume != nil {
+				select {
+				case <-s.done:
+					return
+				case <-resume:
+				}
+				continue
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // a Pause that Resume undid before this turn
 			}
 			// EMFILE and the like: back off as net/http does.
 			delay = min(max(2*delay, 5*time.Millisecond), controlAcceptMax)

@@ -6,8 +6,8 @@ import "time"
 // as sent over the control socket (one JSON object per connection) and as
 // handed to the master's loop.
 type Request struct {
-	Command string `json:"command"`           // a name in the commands table: "status", "reload", "scale", "stop"
-	Wait    bool   `json:"wait,omitempty"`    // reload: answer only once the rollout ended
+	Command string `json:"command"`           // a name in the commands table: "status", "reload", "scale", "stop", "upgrade"
+	Wait    bool   `json:"wait,omitempty"`    // reload, upgrade: answer only once it ended
 	Scale   string `json:"scale,omitempty"`   // scale: "N", "+N" or "-N"
 	Fast    bool   `json:"fast,omitempty"`    // stop: like INT/QUIT instead of TERM
 	Timeout string `json:"timeout,omitempty"` // reload --wait: how long the client waits; the server checks it parses, the client enforces it
@@ -33,6 +33,12 @@ type Status struct {
 	Started    time.Time    `json:"started"`
 	LastReload string       `json:"last_reload,omitempty"` // outcome of the last reload
 	Pool       []WorkerInfo `json:"pool"`
+	// A master upgrade: what is under way ("" when none), the outcome of
+	// the last one, and the other master as it last reported (its pool
+	// without requests, memory or STATUS=).
+	Upgrade     string  `json:"upgrade,omitempty"`
+	LastUpgrade string  `json:"last_upgrade,omitempty"`
+	Peer        *Status `json:"peer,omitempty"`
 }
 
 // Call is a Request on its way to the loop; the loop answers on Reply

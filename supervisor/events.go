@@ -61,7 +61,7 @@ func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fi
 	switch {
 	case m.phase == booting:
 		m.fail(errors.New(reason))
-	case m.rollout != nil && !m.rollout.rollback && gen == m.target:
+	case m.rollout != nil && !m.rollout.rollback && !m.rollout.handover && gen == m.target:
 		m.abort(reason)
 	case gen == m.target:
 		prior := priorCrashes(m.crashes[slot], up)
@@ -127,6 +127,10 @@ func (m *master) markReady(w *worker) {
 	m.metrics.boot.Observe(now.Sub(w.proc.Started).Seconds())
 	m.log.Info("worker ready", append(w.fields(), zap.Duration("boot", now.Sub(w.proc.Started)))...)
 	cfg := m.cfg()
+	if m.phase == booting && m.upgrade != nil {
+		m.commit()
+		return
+	}
 	if m.phase != booting || m.countReady(m.target) < cfg.Workers {
 		return
 	}

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 
@@ -38,8 +39,7 @@ func (m *master) onIntent(intent signals.Intent, from string) {
 			m.log.Warn("scale ignored", zap.Error(err))
 		}
 	case signals.Upgrade:
-		m.log.Warn("upgrade refused: this version cannot replace the master yet", zap.String("signal", from))
-		m.metrics.upgrades.WithLabelValues("refused").Inc()
+		m.startUpgrade(nil, false)
 	case signals.ReopenLogs:
 		for _, w := range m.workers {
 			_ = m.env.signal(w.proc, syscall.SIGUSR1)
@@ -56,6 +56,8 @@ func (m *master) scale(n int) error {
 	switch {
 	case n < 1:
 		return fmt.Errorf("scale to %d: want at least 1 worker", n)
+	case m.upgrade != nil:
+		return errors.New("scale refused: a master upgrade is under way")
 	case m.phase != running:
 		return fmt.Errorf("scale refused: the master is %s", m.phase)
 	case m.rollout != nil:

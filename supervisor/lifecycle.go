@@ -44,6 +44,7 @@ func (m *master) stopAll(sig syscall.Signal, grace time.Duration) {
 			}
 			r.waiters = nil
 		}
+		m.stopUpgrade()
 	}
 	clear(m.restarts)
 	for _, w := range m.workers {
@@ -55,6 +56,9 @@ func (m *master) stopAll(sig syscall.Signal, grace time.Duration) {
 func (m *master) fail(err error) {
 	if m.failure == nil {
 		m.failure = err
+	}
+	if u := m.upgrade; u != nil && !u.old && !u.committed {
+		m.tellParent(linkMsg{Fail: err.Error()})
 	}
 	m.stopAll(syscall.SIGTERM, min(fastGrace, m.cfg().GracefulTimeout))
 }
@@ -85,8 +89,13 @@ func (m *master) unsortedStatus() Status {
 		pool = append(pool, WorkerInfo{Pid: w.proc.Pid, Slot: w.slot, Generation: w.gen, State: w.state.String(),
 			Started: w.proc.Started, Requests: w.requests, Status: w.status, RSS: w.rss, Recycle: w.recycleReason})
 	}
-	return Status{Pid: os.Getpid(), Phase: m.phase.String(), Generation: m.stable, Target: m.target,
-		Workers: m.configs[m.target].Workers, Ready: ready, Started: m.started, LastReload: m.lastReload, Pool: pool}
+	st := Status{Pid: os.Getpid(), Phase: m.phase.String(), Generation: m.stable, Target: m.target,
+		Workers: m.configs[m.target].Workers, Ready: ready, Started: m.started, LastReload: m.lastReload, Pool: pool,
+		LastUpgrade: m.lastUpgrade}
+	if u := m.upgrade; u != nil {
+		st.Upgrade, st.Peer = u.describe(), u.peer
+	}
+	return st
 }
 
 func (m *master) tellSystemd(state string) {

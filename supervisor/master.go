@@ -19,10 +19,11 @@ const (
 	running               // all workers were ready once; crashes are replaced
 	draining              // TERM with shutdown_delay: not ready, still serving
 	stopping              // workers are being stopped; exit when none is left
+	handingOver           // an upgrade committed: stop what the new master says; exit when none is left
 )
 
 func (p phase) String() string {
-	return [...]string{"booting", "running", "draining", "stopping"}[p]
+	return [...]string{"booting", "running", "draining", "stopping", "handing over"}[p]
 }
 
 // fastGrace is how long INT/QUIT (and a failed start) wait after SIGTERM
@@ -71,6 +72,14 @@ type master struct {
 	nextScan     time.Time      // next listen-readiness scan, while a starting worker is watched
 	scanning     bool           // a listen-readiness scan is under way
 	failure      error          // why the master gives up; returned by Run
+
+	// A master upgrade (upgrade.go, upgrade_new.go).
+	upgrade     *upgrade  // nil when none is under way
+	pair        *linkPair // the old master's side of the link, once it upgraded
+	parent      *link     // the new master's end of the link, until the old master is gone
+	handedOver  bool      // an upgrade committed here once (tableflip upgrades once)
+	lastUpgrade string    // outcome of the last upgrade, for status
+	metricsStop func()    // stops serving the metrics port; nil when not serving
 }
 
 // newMaster is the master before its first step: generation 1 is cfg, no
@@ -132,11 +141,14 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 			m.onListenScan(s)
 		case rss := <-m.rss:
 			m.onRSS(rss)
+		case msg, ok := <-m.linkIn():
+			m.onLink(msg, ok)
 		case <-m.metrics.live.wake: // a liveness check: the turn answers it
 		case <-tick:
 		}
 		m.advance()
 	}
+	m.oldExit()
 	return m.failure
 }
 
@@ -146,10 +158,14 @@ func (m *master) advance() {
 	m.onTick(m.env.now())
 	m.step()
 	m.publish()
+	m.report()
 }
 
-// done reports whether the master has stopped and every worker is gone.
-func (m *master) done() bool { return m.phase == stopping && len(m.workers) == 0 }
+// done reports whether the master has stopped, or handed over to a new
+// one, and every worker is gone.
+func (m *master) done() bool {
+	return (m.phase == stopping || m.phase == handingOver) && len(m.workers) == 0
+}
 
 // cfg is the configuration in force.
 func (m *master) cfg() *Resolved { return m.configs[m.stable] }
@@ -213,6 +229,8 @@ func (m *master) startReason(slot int) string {
 	why, ok := m.refill[slot]
 	delete(m.refill, slot)
 	switch {
+	case m.upgrade != nil && !m.upgrade.old:
+		return startUpgrade
 	case m.phase == booting:
 		return startBoot
 	case m.rollout != nil && m.rollout.rollback:
@@ -232,13 +250,17 @@ func (m *master) startReason(slot int) string {
 
 // step applies the pool plan: it starts and stops workers toward the
 // target generation, then settles a rollout that has arrived.
+//
+// The old master of an upgrade does nothing here: until the commit it is
+// not to change, and from it the new master plans for both.
 func (m *master) step() {
-	if m.phase == stopping {
+	if m.phase == stopping || m.phase == handingOver || (m.upgrade != nil && m.upgrade.old) {
 		return
 	}
 	cfg := m.configs[m.target]
+	taking := m.upgrade != nil && !m.upgrade.committed // a new master before its commit
 	p := pool{target: m.target, want: cfg.Workers, surge: cfg.Surge,
-		canary: m.rollout != nil && !m.rollout.rollback, scheduled: map[int]bool{}}
+		canary: taking || (m.rollout != nil && !m.rollout.rollback), scheduled: map[int]bool{}, workers: m.remoteViews()}
 	for s := range m.restarts {
 		p.scheduled[s] = true
 	}
@@ -249,6 +271,10 @@ func (m *master) step() {
 	pl := planPool(p)
 	for _, pid := range pl.stop {
 		w := m.workers[pid]
+		if w == nil {
+			m.stopRemote(pid)
+			continue
+		}
 		m.log.Info("stopping worker", append(w.fields(), zap.Int("target", m.target))...)
 		m.stop(w, w.cfg.StopSig, w.cfg.GracefulTimeout)
 	}

@@ -21,6 +21,7 @@ var (
 		startCrash,    // replacing a worker that failed (exit, ready timeout, heartbeat)
 		startReplace,  // replacing a worker that left on its own (STOPPING=1)
 		startScale,    // a slot added by scale / TTIN
+		startUpgrade,  // a new master's pool, taking over from the old master's
 	}
 	// exitHows: how a worker ended.
 	exitHows = []string{
@@ -39,7 +40,7 @@ var (
 		reloadAbandoned,  // the master stopped during its rollout
 	}
 	recycleReasons = []string{recycleRequests, recycleLifetime, recycleMemory}
-	upgradeResults = []string{"succeeded", "failed", "refused"}
+	upgradeResults = []string{upgradeSucceeded, upgradeFailed, upgradeRefused}
 	// controlResults: ok, error (the master answered no), rejected (the
 	// server refused it: bad request, permission denied, shutting down).
 	controlResults = []string{"ok", "error", "rejected"}
@@ -53,6 +54,7 @@ const (
 	startCrash    = "crash"
 	startReplace  = "replace"
 	startScale    = "scale"
+	startUpgrade  = "upgrade"
 
 	exitStopped  = "stopped"
 	exitKilled   = "killed"
@@ -65,6 +67,10 @@ const (
 	reloadRefused    = "refused"
 	reloadSuperseded = "superseded"
 	reloadAbandoned  = "abandoned"
+
+	upgradeSucceeded = "succeeded" // counted by the new master, once the old one is gone
+	upgradeFailed    = "failed"    // counted by the old master, which carries on
+	upgradeRefused   = "refused"
 
 	controlInvalid = "invalid" // the command label of a request naming no known command
 )

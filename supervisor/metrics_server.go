@@ -83,8 +83,9 @@ func text(w http.ResponseWriter, code int, msg string) {
 }
 
 // serveMetrics serves m.Handler on ln until the returned stop is called;
-// stop fails pending liveness checks, ends every connection and waits for
-// the server's goroutines. A client gets 5 s to send its request headers
+// stop ends every connection and waits for the server's goroutines (a
+// liveness check still waiting needs the loop's next turn, or
+// m.live.stop). A client gets 5 s to send its request headers
 // and 30 s to take the answer, so one that connects and sends nothing
 // costs a goroutine for 5 s, never the loop.
 func serveMetrics(ln net.Listener, m *Metrics, log *zap.Logger) (stop func()) {
@@ -107,7 +108,6 @@ func serveMetrics(ln net.Listener, m *Metrics, log *zap.Logger) (stop func()) {
 		}
 	}()
 	return func() {
-		m.live.stop()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if srv.Shutdown(ctx) != nil {

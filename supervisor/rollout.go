@@ -16,6 +16,9 @@ type rollout struct {
 	// rollback: back to the stable generation after a failed rollout; its
 	// workers' failures are crashes, not a reason to give up.
 	rollback bool
+	// handover: a new master taking over from the old master's pool;
+	// its workers' failures are crashes, and it ends with the old master.
+	handover bool
 	began    time.Time
 	waiters  []chan Response // reload --wait callers, answered at the end
 }
@@ -27,8 +30,11 @@ type rollout struct {
 // earlier waiters get the outcome of the merged rollout. reply, when not
 // nil, is answered at once, or at the end of the rollout with wait.
 func (m *master) reload(reply chan Response, wait bool) {
-	if m.phase != running {
+	if m.phase != running || m.upgrade != nil {
 		msg := "reload refused: the master is " + m.phase.String()
+		if m.upgrade != nil {
+			msg = "reload refused: a master upgrade is under way"
+		}
 		m.log.Warn(msg)
 		m.metrics.reloads.WithLabelValues(reloadRefused).Inc()
 		respond(reply, Response{Error: msg})
@@ -147,6 +153,12 @@ func (m *master) settle() {
 	}
 	cfg := m.configs[m.target]
 	if ready < cfg.Workers {
+		return
+	}
+	if r.handover {
+		if m.handoverDone() {
+			m.rollout = nil
+		}
 		return
 	}
 	m.rollout = nil

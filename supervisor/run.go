@@ -29,9 +29,24 @@ type Options struct {
 	Shim    []string         // argv prefix running workers.RunShim
 	Signals <-chan os.Signal // the master's signals (signals.Notify)
 	Control <-chan Call      // control requests (the control socket)
-	// OnReady runs once, when the first workers are all ready (the
-	// tableflip Upgrader's Ready: pid file).
+	// OnReady runs each time this master takes charge (the tableflip
+	// Upgrader's Ready: the pid file, and the old master told): when the
+	// first workers are all ready; in a new master, when its canary is;
+	// in an old master whose new master died after taking over, when it
+	// takes its pool back.
 	OnReady func() error
+	// Upgrader starts a new master on USR2 or `supervisor upgrade`; nil
+	// refuses upgrades. Parent, when not nil, is this master's end of the
+	// link to the master it replaces (LinkName in the upgrader's store):
+	// Run then takes over from it instead of booting alone.
+	Upgrader Upgrader
+	Parent   *os.File
+	// Serving, when not nil, is told when this master starts or stops
+	// answering the control socket in an upgrade: false in the old master
+	// at the commit, true in the new master at the commit and in an old
+	// master taking its pool back. (A master not started by an upgrade
+	// serves from its start; Run does not call Serving for that.)
+	Serving func(on bool)
 	// SystemdNotify is the NOTIFY_SOCKET the master itself was given by
 	// systemd ("" when none): where it sends READY=1, RELOADING=1 and
 	// STOPPING=1. Workers get the master's own notify socket instead.
@@ -39,10 +54,12 @@ type Options struct {
 	Stdout        int // fd workers write their stdout to
 	Stderr        int // fd workers write their stderr to
 	// Metrics is where the master counts what happens; nil: a registry of
-	// its own that nobody reads. MetricsListener, when not nil, serves it
-	// (Metrics.Handler) until Run returns; Run closes it.
-	Metrics         *Metrics
-	MetricsListener net.Listener
+	// its own that nobody reads. MetricsSocket, when not nil, serves it
+	// (Metrics.Handler) while this master is in charge (from the start, or
+	// from an upgrade's commit, until it hands over) and until Run returns;
+	// the socket stays open for the caller to close.
+	Metrics       *Metrics
+	MetricsSocket *listener.Socket
 }
 
 // Run is the master: it opens the sockets of cfg, starts cfg.Workers
@@ -53,14 +70,35 @@ type Options struct {
 // left open for the caller to close.
 func Run(cfg *Resolved, opts Options) error {
 	m := newMaster(cfg, opts, osEnv())
-	if opts.MetricsListener != nil {
-		defer serveMetrics(opts.MetricsListener, m.metrics, m.log)()
+	defer m.metrics.live.stop()
+	if opts.Parent != nil {
+		l, err := newLink(opts.Parent)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if m.parent != nil {
+				m.parent.close()
+			}
+		}()
+		if err := m.takeOver(l); err != nil {
+			return err
+		}
+	} else {
+		m.serveMetrics(true)
 	}
+	defer m.serveMetrics(false)
+	defer func() {
+		if m.pair != nil {
+			m.pair.close()
+			m.pair.handedOver()
+		}
+	}()
 	socks, err := m.socketsFor(cfg.Addrs)
 	if err != nil {
 		return err
 	}
-	m.genSockets[1] = socks
+	m.genSockets[m.stable] = socks
 	ns, err := workers.ListenNotify(notifyAddr())
 	if err != nil {
 		return fmt.Errorf("notify socket: %w", err)
@@ -84,6 +122,32 @@ func Run(cfg *Resolved, opts Options) error {
 		<-readerDone
 	}()
 	return m.loop(notes)
+}
+
+// serveMetrics starts or stops serving the metrics port, when there is one.
+func (m *master) serveMetrics(on bool) {
+	switch {
+	case m.opts.MetricsSocket == nil:
+	case on && m.metricsStop == nil:
+		ln, err := m.opts.MetricsSocket.Listener()
+		if err != nil {
+			m.log.Warn("metrics port", zap.Error(err))
+			return
+		}
+		m.metricsStop = serveMetrics(ln, m.metrics, m.log)
+	case !on && m.metricsStop != nil:
+		m.metricsStop()
+		m.metricsStop = nil
+	}
+}
+
+// serving hands the control socket and the metrics port over (false) or
+// takes them (true), in an upgrade.
+func (m *master) serving(on bool) {
+	if m.opts.Serving != nil {
+		m.opts.Serving(on)
+	}
+	m.serveMetrics(on)
 }
 
 // dropReportEvery bounds how often readNotify logs dropped datagrams.

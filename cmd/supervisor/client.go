@@ -65,46 +65,85 @@ func say(w io.Writer, resp supervisor.Response, def string) {
 }
 
 func newReloadCommand() *cobra.Command {
+	return newWaitingCommand(waiting{
+		name:  "reload",
+		short: "Roll out a new generation of workers (like kill -HUP)",
+		long: `Ask the master to re-read its config and roll out a new generation of
+workers, like kill -HUP. With --wait, wait for the outcome: exit 0 once the
+new generation serves, non-zero with the reason when the rollout was rolled
+back or did not end within --timeout (0 = wait as long as it takes).`,
+		waitHelp: "wait for the rollout to succeed or roll back; the exit code says which",
+		asked:    "reload requested",
+		done:     "reloaded",
+		stillOn:  "the rollout may still be running",
+	})
+}
+
+func newUpgradeCommand() *cobra.Command {
+	return newWaitingCommand(waiting{
+		name:  "upgrade",
+		short: "Replace the master itself with the binary now on disk (like kill -USR2)",
+		long: `Ask the master to start the binary now at the path it was started from,
+with the same arguments, as its successor, like kill -USR2. The new master
+inherits every socket, starts one canary and takes over once it is ready;
+then each of its workers that becomes ready retires one of the old master's,
+within max_surge, and the old master exits when its last worker is gone. If
+the new master fails before it takes over, it is discarded and the old one
+carries on. With --wait, exit 0 once the old master handed over, non-zero
+with the reason when the upgrade failed or did not end within --timeout.`,
+		waitHelp: "wait until the old master handed over, or the upgrade failed; the exit code says which",
+		asked:    "upgrade requested",
+		done:     "upgraded",
+		stillOn:  "the upgrade may still be under way",
+	})
+}
+
+// waiting describes a command that may wait for its outcome (reload and
+// upgrade, with --wait [--timeout D]).
+type waiting struct {
+	name, short, long, waitHelp string
+	asked, done                 string // what to print when the master says nothing
+	stillOn                     string // after a timeout: what may still be happening
+}
+
+func newWaitingCommand(d waiting) *cobra.Command {
 	var t controlTarget
 	var wait bool
 	var timeout time.Duration
 	c := &cobra.Command{
-		Use:   "reload [--wait [--timeout D]]",
-		Short: "Roll out a new generation of workers (like kill -HUP)",
-		Long: `Ask the master to re-read its config and roll out a new generation of
-workers, like kill -HUP. With --wait, wait for the outcome: exit 0 once the
-new generation serves, non-zero with the reason when the rollout was rolled
-back or did not end within --timeout (0 = wait as long as it takes).`,
-		Args: cobra.NoArgs,
+		Use:   d.name + " [--wait [--timeout D]]",
+		Short: d.short,
+		Long:  d.long,
+		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if c.Flags().Changed("timeout") && !wait {
-				return errors.New("reload: --timeout only applies with --wait")
+				return fmt.Errorf("%s: --timeout only applies with --wait", d.name)
 			}
 			if timeout < 0 {
-				return fmt.Errorf("reload: --timeout %s: must not be negative", timeout)
+				return fmt.Errorf("%s: --timeout %s: must not be negative", d.name, timeout)
 			}
-			req := supervisor.Request{Command: "reload", Wait: wait}
+			req := supervisor.Request{Command: d.name, Wait: wait}
 			limit := clientTimeout
 			if wait {
 				req.Timeout, limit = timeout.String(), timeout
 			}
 			resp, err := t.call(req, limit)
 			if wait && errors.Is(err, os.ErrDeadlineExceeded) {
-				return fmt.Errorf("reload --wait: no outcome within %s (the rollout may still be running; see supervisor status)", timeout)
+				return fmt.Errorf("%s --wait: no outcome within %s (%s; see supervisor status)", d.name, timeout, d.stillOn)
 			}
 			if err != nil {
 				return err
 			}
-			def := "reload requested"
+			def := d.asked
 			if wait {
-				def = "reloaded"
+				def = d.done
 			}
 			say(c.OutOrStdout(), resp, def)
 			return nil
 		},
 	}
 	t.addFlags(c.Flags())
-	c.Flags().BoolVar(&wait, "wait", false, "wait for the rollout to succeed or roll back; the exit code says which")
+	c.Flags().BoolVar(&wait, "wait", false, d.waitHelp)
 	c.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait: give up waiting after this long (0 = no limit)")
 	return c
 }
@@ -152,15 +191,33 @@ func printStatus(w io.Writer, st *supervisor.Status, now time.Time) error {
 	}
 	fmt.Fprintf(w, "master %d: %s, %s, ready %d/%d, up %s, last reload: %s\n",
 		st.Pid, st.Phase, gen, st.Ready, st.Workers, age(st.Started, now), last)
+	switch {
+	case st.Upgrade != "":
+		fmt.Fprintf(w, "upgrade: %s\n", st.Upgrade)
+	case st.LastUpgrade != "":
+		fmt.Fprintf(w, "last upgrade: %s\n", st.LastUpgrade)
+	}
 	if st.Target != st.Generation {
 		for _, line := range generationLines(st) {
 			fmt.Fprintln(w, line)
 		}
 	}
+	if err := printPool(w, st.Pool, now); err != nil {
+		return err
+	}
+	if p := st.Peer; p != nil {
+		fmt.Fprintf(w, "other master %d: %s, generation %d, ready %d/%d\n", p.Pid, p.Phase, p.Generation, p.Ready, p.Workers)
+		return printPool(w, p.Pool, now)
+	}
+	return nil
+}
+
+// printPool writes a table of workers.
+func printPool(w io.Writer, pool []supervisor.WorkerInfo, now time.Time) error {
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PID\tSLOT\tGEN\tSTATE\tAGE\tREQUESTS\tRSS\tSTATUS")
-	for _, wi := range st.Pool {
+	for _, wi := range pool {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n",
 			wi.Pid, wi.Slot, wi.Generation, wi.State, age(wi.Started, now), wi.Requests, size(wi.RSS), wi.Status)
 	}

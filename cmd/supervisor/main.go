@@ -32,7 +32,7 @@ func newRoot() *cobra.Command {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
 	root.AddCommand(newCheckCommand())
-	root.AddCommand(newReloadCommand(), newStatusCommand(), newScaleCommand(), newStopCommand())
+	root.AddCommand(newReloadCommand(), newStatusCommand(), newScaleCommand(), newStopCommand(), newUpgradeCommand())
 	root.AddCommand(run, newDemoCommand(), newExampleAppCommand(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",

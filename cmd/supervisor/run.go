@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -71,9 +70,13 @@ func run(load func() (supervisor.Config, error)) error {
 		return err
 	}
 	systemd := os.Getenv("NOTIFY_SOCKET")
-	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.PidFile})
+	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.PidFile, UpgradeTimeout: res.ReadyTimeout + upgradeGrace})
 	if err != nil {
 		return fmt.Errorf("upgrader: %w", err)
+	}
+	parent, err := parentLink(upg)
+	if err != nil {
+		return err
 	}
 	// The master opens its sockets through the upgrader's store; all of
 	// them are closed at exit, after the upgrader let go of its copies, so
@@ -94,9 +97,9 @@ func run(load func() (supervisor.Config, error)) error {
 	defer removePidFile(cfg.PidFile)
 
 	metrics := supervisor.NewMetrics(version)
-	var metricsLn net.Listener
+	var metricsSock *listener.Socket
 	if res.MetricsAddr != nil {
-		if metricsLn, err = openMetrics(*res.MetricsAddr, open, log); err != nil {
+		if metricsSock, err = openMetrics(*res.MetricsAddr, open, log); err != nil {
 			return err
 		}
 	}
@@ -105,13 +108,15 @@ func run(load func() (supervisor.Config, error)) error {
 	if controlPath == "" {
 		controlPath = supervisor.DefaultControlPath(cfg.PidFile)
 	}
-	control, err := supervisor.ListenControl(controlPath)
+	control, err := openControl(controlPath, upg)
 	if err != nil {
 		return err
 	}
 	calls := make(chan supervisor.Call)
 	control.Count(metrics)
-	control.Serve(calls)
+	if parent == nil {
+		control.Serve(calls) // a new master serves from its commit
+	}
 	defer control.Close()
 
 	err = supervisor.Run(res, supervisor.Options{
@@ -127,12 +132,15 @@ func run(load func() (supervisor.Config, error)) error {
 		Shim:            []string{"/proc/self/exe", workers.ShimArg},
 		Signals:         sigs,
 		Control:         calls,
-		OnReady:         upg.Ready,
-		SystemdNotify:   systemd,
-		Stdout:          1,
-		Stderr:          2,
-		Metrics:         metrics,
-		MetricsListener: metricsLn,
+		OnReady:       onReady(upg, cfg.PidFile),
+		Upgrader:      upg,
+		Parent:        parent,
+		Serving:       serving(control, calls, parent == nil),
+		SystemdNotify: systemd,
+		Stdout:        1,
+		Stderr:        2,
+		Metrics:       metrics,
+		MetricsSocket: metricsSock,
 	})
 	if err != nil {
 		log.Error("giving up", zap.Error(err))
@@ -157,17 +165,13 @@ func removePidFile(path string) {
 }
 
 // openMetrics opens the --metrics socket the way the binds are opened
-// (through the upgrader's store, so a new master keeps the port) and
-// returns a listener for the master's own HTTP server.
-func openMetrics(a listener.Addr, open func([]listener.Addr) ([]*listener.Socket, error), log *zap.Logger) (net.Listener, error) {
+// (through the upgrader's store, so a new master keeps the port), for the
+// master's own HTTP server.
+func openMetrics(a listener.Addr, open func([]listener.Addr) ([]*listener.Socket, error), log *zap.Logger) (*listener.Socket, error) {
 	ss, err := open([]listener.Addr{a})
 	if err != nil {
 		return nil, err // it names --metrics and the fix
 	}
-	ln, err := ss[0].Listener()
-	if err != nil {
-		return nil, fmt.Errorf("--metrics %s: %w", a.Raw, err)
-	}
 	log.Info("metrics listening", zap.String("address", ss[0].Addr))
-	return ln, nil
+	return ss[0], nil
 }

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/supervisor-dev/supervisor/supervisor"
+	"golang.org/x/sys/unix"
+)
+
+// What a master upgrade needs from the process: the control socket kept
+// in tableflip's store, the link to the old master, the pid file.
+
+// upgradeGrace is how long, beyond the config's ready_timeout, an old
+// master waits for the new one to commit before tableflip kills it: a new
+// binary that hangs before its canary even starts.
+const upgradeGrace = 10 * time.Second
+
+// controlKey names the control socket in the upgrader's store.
+func controlKey(path string) string { return "control:" + path }
+
+// openControl adopts the control socket the previous master kept, or
+// creates it (supervisor.ListenControl) and keeps it for the next one.
+func openControl(path string, upg *tableflip.Upgrader) (*supervisor.ControlServer, error) {
+	f, err := upg.File(controlKey(path))
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: take it from the previous master: %w", path, err)
+	}
+	if f != nil {
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("control socket %s: %w", path, err)
+		}
+		uln, ok := ln.(*net.UnixListener)
+		if !ok {
+			ln.Close()
+			return nil, fmt.Errorf("control socket %s: the previous master kept a %T", path, ln)
+		}
+		return supervisor.NewControlServer(uln, path), nil
+	}
+	s, err := supervisor.ListenControl(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := keepListener(upg, controlKey(path), s.Listener()); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("control socket %s: keep it for a master upgrade: %w", path, err)
+	}
+	return s, nil
+}
+
+// keepListener adds a close-on-exec duplicate of ln's socket to the store,
+// taken through SyscallConn: (*os.File).Fd would make the socket blocking.
+func keepListener(upg *tableflip.Upgrader, name string, ln *net.UnixListener) error {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	dup := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return err
+	}
+	if derr != nil {
+		return derr
+	}
+	f := os.NewFile(uintptr(dup), name)
+	defer f.Close()
+	return upg.AddFile(name, f)
+}
+
+// parentLink is this master's end of the link to the old master, when
+// tableflip started it; nil at a plain start.
+func parentLink(upg *tableflip.Upgrader) (*os.File, error) {
+	if !upg.HasParent() {
+		return nil, nil
+	}
+	f, err := upg.File(supervisor.LinkName)
+	if err != nil {
+		return nil, fmt.Errorf("upgrade: take the link to the old master: %w", err)
+	}
+	if f == nil {
+		return nil, fmt.Errorf("upgrade: the old master (pid %d) passed no link: it is not a supervisor master of this version", os.Getppid())
+	}
+	return f, nil
+}
+
+// onReady is Options.OnReady: tableflip's Ready the first time (the pid
+// file, and the old master told), then the pid file alone (an old master
+// taking its pool back after its new master died).
+func onReady(upg *tableflip.Upgrader, pidFile string) func() error {
+	first := true
+	return func() error {
+		if first {
+			first = false
+			return upg.Ready()
+		}
+		return writePidFile(pidFile)
+	}
+}
+
+// writePidFile writes this process's pid to path atomically (a temporary
+// file beside it, renamed into place); nothing when path is "".
+func writePidFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".pid")
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	return nil
+}
+
+// serving is Options.Serving for the control server: paused while the
+// other master of an upgrade answers, served from the commit in a new
+// master. served says whether Serve was called already.
+func serving(control *supervisor.ControlServer, calls chan supervisor.Call, served bool) func(bool) {
+	return func(on bool) {
+		switch {
+		case !on:
+			control.SetUnlinkOnClose(false) // the new master answers there now
+			control.Pause()
+		case served:
+			control.SetUnlinkOnClose(true)
+			control.Resume()
+		default:
+			served = true
+			control.Serve(calls)
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The link between the two masters of an upgrade: a SOCK_SEQPACKET
+// socketpair. The old master keeps one end; the other reaches the new master
+// through tableflip's store under LinkName. A socketpair because nothing
+// else can reach it (the notify and control sockets have addresses any
+// local process of the right user finds), it carries both directions, keeps
+// message boundaries, and its end of file says that the other master is
+// gone, whichever way it died.
+
+// LinkName is the name of the new master's end of the link in the
+// upgrader's store.
+const LinkName = "upgrade:link"
+
+const (
+	linkMaxMsg       = 4 << 20 // bytes; a status of thousands of workers fits
+	linkWriteTimeout = 2 * time.Second
+	linkHelloTimeout = 5 * time.Second
+)
+
+// linkMsg is one packet on the link: a JSON object with one field set.
+type linkMsg struct {
+	// Hello is the old master's first message: who it is and the last
+	// generation it numbered, which the new master continues from.
+	Hello *linkHello `json:"hello,omitempty"`
+	// Status is the sender's status, sent whenever its pool changed: the
+	// new master plans with the old one's workers, and either shows the
+	// other in `supervisor status`.
+	Status *Status `json:"status,omitempty"`
+	// Stop (new to old, after the commit) asks the old master to stop
+	// one of its workers gracefully, as a rollout would.
+	Stop int `json:"stop,omitempty"`
+	// StopAll (new to old) says the new master is stopping: the old one
+	// stops its workers too.
+	StopAll bool `json:"stop_all,omitempty"`
+	// Committed (new to old) is the new master's pid, once it called
+	// tableflip's Ready: it takes over. It arrives before any Stop.
+	Committed int `json:"committed,omitempty"`
+	// Fail (new to old, before the commit) is why the new master gives up.
+	Fail string `json:"fail,omitempty"`
+	// Result is written by the old master into the new master's end of the
+	// link, so that it arrives after everything the new master sent: the
+	// outcome of tableflip's Upgrade, "" when the new master committed.
+	Result *string `json:"result,omitempty"`
+}
+
+type linkHello struct {
+	Pid     int `json:"pid"`
+	LastGen int `json:"last_generation"`
+}
+
+// link is this master's end. Messages read arrive on in, which is closed
+// at end of file (or a read error).
+type link struct {
+	conn *net.UnixConn
+	in   chan linkMsg
+	done chan struct{} // closed when the reader returns
+}
+
+// newLink adopts f, this master's end, and starts reading it; f is closed.
+func newLink(f *os.File) (*link, error) {
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("upgrade link: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("upgrade link: %T is not a unix socket", c)
+	}
+	_ = uc.SetWriteBuffer(linkMaxMsg)
+	_ = uc.SetReadBuffer(linkMaxMsg)
+	l := &link{conn: uc, in: make(chan linkMsg, 16), done: make(chan struct{})}
+	go l.read()
+	return l, nil
+}
+
+// read sends every message on in until end of file, then closes in.
+func (l *link) read() {
+	defer close(l.done)
+	defer close(l.in)
+	buf := make([]byte, linkMaxMsg)
+	for {
+		n, err := l.conn.Read(buf)
+		if err != nil || n == 0 {
+			return
+		}
+		var msg linkMsg
+		if json.Unmarshal(buf[:n], &msg) == nil {
+			l.in <- msg
+		}
+	}
+}
+
+// send writes one message; an error means the other master is gone or
+// stuck.
+func (l *link) send(msg linkMsg) error {
+	return sendLink(l.conn, msg)
+}
+
+// close closes this end and waits for the reader. Messages not taken
+// from in are dropped.
+func (l *link) close() {
+	l.conn.Close()
+	for range l.in {
+	}
+	<-l.done
+}
+
+// sendLink writes msg as one packet on c.
+func sendLink(c interface {
+	SetWriteDeadline(time.Time) error
+	Write([]byte) (int, error)
+}, msg linkMsg) error {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(linkWriteTimeout))
+	_, err = c.Write(b)
+	return err
+}
+
+// readHello reads the old master's first message from the new master's
+// end, before the loop starts.
+func readHello(l *link) (linkHello, *Status, error) {
+	t := time.NewTimer(linkHelloTimeout)
+	defer t.Stop()
+	select {
+	case msg, ok := <-l.in:
+		if !ok {
+			return linkHello{}, nil, errors.New("upgrade link: the old master closed it before saying hello")
+		}
+		if msg.Hello == nil {
+			return linkHello{}, nil, errors.New("upgrade link: the old master's first message is not a hello")
+		}
+		return *msg.Hello, msg.Status, nil
+	case <-t.C:
+		return linkHello{}, nil, fmt.Errorf("upgrade link: no hello from the old master within %s", linkHelloTimeout)
+	}
+}
+
+// linkPair is the old master's side of the link while it may upgrade: its
+// own end, read by the loop, and a copy of the new master's end, which the
+// store hands to each new master and into which the old master writes the
+// outcome of each attempt.
+type linkPair struct {
+	*link
+	peer *os.File // the new master's end; nil once handed over for good
+}
+
+// newLinkPair makes the socketpair and puts the new master's end in store.
+func newLinkPair(store Upgrader) (*linkPair, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("upgrade link: socketpair: %w", err)
+	}
+	peer := os.NewFile(uintptr(fds[1]), LinkName)
+	if err := store.AddFile(LinkName, peer); err != nil {
+		unix.Close(fds[0])
+		peer.Close()
+		return nil, fmt.Errorf("upgrade link: %w", err)
+	}
+	l, err := newLink(os.NewFile(uintptr(fds[0]), "upgrade link"))
+	if err != nil {
+		peer.Close()
+		return nil, err
+	}
+	return &linkPair{link: l, peer: peer}, nil
+}
+
+// drainPeer discards what a new master that died left unread at its end,
+// so the next one starts with this master's hello.
+func (p *linkPair) drainPeer() {
+	raw, err := p.peer.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, linkMaxMsg)
+	_ = raw.Read(func(fd uintptr) bool {
+		for {
+			if _, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT); err != nil {
+				return true
+			}
+		}
+	})
+}
+
+// result writes an attempt's outcome into the new master's end: it reaches
+// the loop after whatever that master sent.
+func (p *linkPair) result(err error) {
+	r := ""
+	if err != nil {
+		r = err.Error()
+		if r == "" {
+			r = "unknown error"
+		}
+	}
+	_ = sendLink(p.peer, linkMsg{Result: &r})
+}
+
+// handedOver closes this master's copy of the new master's end once the
+// new master committed: from then on end of file on the link means the
+// new master is gone.
+func (p *linkPair) handedOver() {
+	if p.peer != nil {
+		p.peer.Close()
+		p.peer = nil
+	}
+}
