@@ -15,11 +15,11 @@ import (
 type phase int
 
 const (
-	booting  phase = iota // starting the first workers
-	running               // all workers were ready once; crashes are replaced
-	draining              // TERM with shutdown_delay: not ready, still serving
-	stopping              // workers are being stopped; exit when none is left
-	handingOver           // an upgrade committed: stop what the new master says; exit when none is left
+	booting     phase = iota // starting the first workers
+	running                  // all workers were ready once; crashes are replaced
+	draining                 // TERM with shutdown_delay: not ready, still serving
+	stopping                 // workers are being stopped; exit when none is left
+	handingOver              // an upgrade committed: stop what the new master says; exit when none is left
 )
 
 func (p phase) String() string {

@@ -129,9 +129,9 @@ func run(load func() (supervisor.Config, error)) error {
 			}
 			return c.Validate()
 		},
-		Shim:            []string{"/proc/self/exe", workers.ShimArg},
-		Signals:         sigs,
-		Control:         calls,
+		Shim:          []string{"/proc/self/exe", workers.ShimArg},
+		Signals:       sigs,
+		Control:       calls,
 		OnReady:       onReady(upg, cfg.PidFile),
 		Upgrader:      upg,
 		Parent:        parent,
