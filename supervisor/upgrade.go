@@ -124,9 +124,10 @@ func (m *master) onOldLink(msg linkMsg) {
 	if u == nil {
 		return // left over from an attempt that ended
 	}
-	switch {
-	case msg.Status != nil:
+	if msg.Status != nil {
 		u.peer, u.peerPid = msg.Status, msg.Status.Pid
+	}
+	switch {
 	case msg.Fail != "":
 		u.reason = msg.Fail
 	case msg.Committed != 0 && !u.committed:

@@ -105,7 +105,11 @@ func (m *master) stopRemote(pid int) {
 	}
 	v := u.remote[pid]
 	m.log.Info("handing over: asking the old master to stop a worker", zap.Int("pid", pid), zap.Int("slot", v.slot), zap.Int("generation", v.gen))
-	if err := m.parent.send(linkMsg{Stop: pid}); err != nil {
+	// This master's status first: the old one then never counts fewer of
+	// its ready workers than there are, for its own status.
+	st := m.unsortedStatus()
+	u.sent = fingerprint(st.Pool)
+	if err := m.parent.send(linkMsg{Status: compact(st), Stop: pid}); err != nil {
 		m.log.Warn("upgrade link: stop", zap.Error(err))
 		return
 	}
