@@ -82,6 +82,8 @@ func Run(cfg *Resolved, opts Options) error {
 			}
 		}()
 		if err := m.takeOver(l); err != nil {
+			_ = l.send(linkMsg{Fail: err.Error()})
+			l.close()
 			return err
 		}
 	} else {
@@ -96,6 +98,7 @@ func Run(cfg *Resolved, opts Options) error {
 	}()
 	socks, err := m.socketsFor(cfg.Addrs)
 	if err != nil {
+		m.tellParent(linkMsg{Fail: err.Error()})
 		return err
 	}
 	m.genSockets[m.stable] = socks

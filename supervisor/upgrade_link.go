@@ -133,6 +133,13 @@ func sendLink(c interface {
 	return err
 }
 
+// FailUpgrade tells the old master, through f (this master's end of the
+// link, from the upgrader's store), why this new master gives up before it
+// could take over: for failures before Run, such as an invalid config.
+func FailUpgrade(f *os.File, reason string) error {
+	return sendLink(f, linkMsg{Fail: reason})
+}
+
 // readHello reads the old master's first message from the new master's
 // end, before the loop starts.
 func readHello(l *link) (linkHello, *Status, error) {

@@ -42,7 +42,11 @@ func openControl(path string, upg *tableflip.Upgrader) (*supervisor.ControlServe
 			ln.Close()
 			return nil, fmt.Errorf("control socket %s: the previous master kept a %T", path, ln)
 		}
-		return supervisor.NewControlServer(uln, path), nil
+		s := supervisor.NewControlServer(uln, path)
+		// The old master still answers there: the path is this
+		// master's to remove only once it took over (serving).
+		s.SetUnlinkOnClose(false)
+		return s, nil
 	}
 	s, err := supervisor.ListenControl(path)
 	if err != nil {
@@ -89,6 +93,24 @@ func parentLink(upg *tableflip.Upgrader) (*os.File, error) {
 		return nil, fmt.Errorf("upgrade: the old master (pid %d) passed no link: it is not a supervisor master of this version", os.Getppid())
 	}
 	return f, nil
+}
+
+// failToParent tells the old master of an upgrade why this new master
+// gives up, when there is one: through parent, or through the upgrader
+// (made here, with no options, if run failed before making it).
+func failToParent(upg *tableflip.Upgrader, parent *os.File, err error) {
+	if parent == nil {
+		if upg == nil {
+			upg, _ = tableflip.New(tableflip.Options{})
+		}
+		if upg != nil {
+			parent, _ = parentLink(upg)
+		}
+	}
+	if parent != nil {
+		_ = supervisor.FailUpgrade(parent, err.Error())
+		parent.Close()
+	}
 }
 
 // onReady is Options.OnReady: tableflip's Ready the first time (the pid
@@ -143,6 +165,7 @@ func serving(control *supervisor.ControlServer, calls chan supervisor.Call, serv
 			control.Resume()
 		default:
 			served = true
+			control.SetUnlinkOnClose(true)
 			control.Serve(calls)
 		}
 	}

@@ -42,10 +42,21 @@ func newRunCommand(use, short string) *cobra.Command {
 // children, load and validate the config, bind, supervise, clean up. load
 // is called again on every reload; the log settings, the pid file and the
 // control socket are taken at start only.
-func run(load func() (supervisor.Config, error)) error {
+//
+// A new master started by an upgrade that fails before supervisor.Run
+// (an invalid config, a bind that fails) tells the old master why.
+func run(load func() (supervisor.Config, error)) (err error) {
 	if err := closeOnExecInherited(); err != nil {
 		return err
 	}
+	var upg *tableflip.Upgrader
+	var parent *os.File
+	handed := false // to supervisor.Run, which reports its own failures
+	defer func() {
+		if err != nil && !handed {
+			failToParent(upg, parent, err)
+		}
+	}()
 	cfg, err := load()
 	if err != nil {
 		return err
@@ -70,12 +81,11 @@ func run(load func() (supervisor.Config, error)) error {
 		return err
 	}
 	systemd := os.Getenv("NOTIFY_SOCKET")
-	upg, err := tableflip.New(tableflip.Options{PIDFile: cfg.PidFile, UpgradeTimeout: res.ReadyTimeout + upgradeGrace})
+	upg, err = tableflip.New(tableflip.Options{PIDFile: cfg.PidFile, UpgradeTimeout: res.ReadyTimeout + upgradeGrace})
 	if err != nil {
 		return fmt.Errorf("upgrader: %w", err)
 	}
-	parent, err := parentLink(upg)
-	if err != nil {
+	if parent, err = parentLink(upg); err != nil {
 		return err
 	}
 	// The master opens its sockets through the upgrader's store; all of
@@ -119,6 +129,7 @@ func run(load func() (supervisor.Config, error)) error {
 	}
 	defer control.Close()
 
+	handed = true
 	err = supervisor.Run(res, supervisor.Options{
 		Log:  log,
 		Open: open,

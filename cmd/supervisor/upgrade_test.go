@@ -347,3 +347,128 @@ func isZombie(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
+
+// upgradeConfig is a config file for upgrade tests: two example-app
+// workers on 127.0.0.1:0; each extra "key: value" line replaces the
+// default of its key.
+func upgradeConfig(t *testing.T, path string, extra ...string) {
+	t.Helper()
+	lines := []string{`bind: ["127.0.0.1:0"]`, "workers: 2", "max_surge: 1", "ready_timeout: 3s", "metrics: 127.0.0.1:0",
+		`command: ["` + self(t) + `", "example-app"]`}
+	for _, e := range extra {
+		key, _, _ := strings.Cut(e, ":")
+		lines = slices.DeleteFunc(lines, func(l string) bool { return strings.HasPrefix(l, key+":") })
+		lines = append(lines, e)
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// metric is the value of one sample line of the master's /metrics.
+func (u *upgraded) metric(line string) string {
+	u.t.Helper()
+	addr, _ := u.waitLog("metrics listening", 1, time.Second)["address"].(string)
+	body, err := get("http://" + addr + "/metrics")
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	for l := range strings.Lines(body) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), line+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// A new master that fails before it takes over is discarded: the old one
+// keeps serving every request, keeps the pid file and the control socket,
+// says why (upgrade --wait exits 1 with the reason; a log line, a metric),
+// and upgrades fine once the cause is gone. While one upgrade is under
+// way, another is refused.
+func TestUpgradeFailureLeavesTheOldMaster(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		break_ func(u *upgraded, cfg string) // makes the next upgrade fail
+		mend   func(u *upgraded, cfg string)
+		reason string
+		slow   bool // fails slowly enough to try a second upgrade meanwhile
+	}{
+		{name: "binary exits 1", reason: "exit status 1",
+			break_: func(u *upgraded, _ string) { u.replaceBinary([]byte("#!/bin/sh\nexit 1\n")) },
+			mend:   func(u *upgraded, _ string) { u.replaceBinary(mustRead(u.t, self(u.t))) }},
+		{name: "binary never ready", reason: "timed out", slow: true,
+			break_: func(u *upgraded, _ string) { u.replaceBinary([]byte("#!/bin/sh\nexec sleep 60\n")) },
+			mend:   func(u *upgraded, _ string) { u.replaceBinary(mustRead(u.t, self(u.t))) }},
+		{name: "config invalid", reason: `unknown key "wrokers"`,
+			break_: func(u *upgraded, cfg string) { upgradeConfig(u.t, cfg, "wrokers: 3") },
+			mend:   func(u *upgraded, cfg string) { upgradeConfig(u.t, cfg) }},
+		{name: "canary exits", reason: "exited with status 3 before it was ready",
+			break_: func(u *upgraded, cfg string) { upgradeConfig(u.t, cfg, `command: ["/bin/sh", "-c", "exit 3"]`) },
+			mend:   func(u *upgraded, cfg string) { upgradeConfig(u.t, cfg) }},
+		{name: "canary not ready in time", reason: "not ready within 1s", slow: true,
+			break_: func(u *upgraded, cfg string) {
+				upgradeConfig(u.t, cfg, "ready_timeout: 1s", `command: ["`+self(u.t)+`", "example-app", "--boot-delay", "30s"]`)
+			},
+			mend: func(u *upgraded, cfg string) { upgradeConfig(u.t, cfg) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := filepath.Join(t.TempDir(), "supervisor.yaml")
+			upgradeConfig(t, cfg)
+			u := startUpgradable(t, nil, "--config", cfg)
+			addr, _ := u.waitLog("listening", 1, time.Second)["address"].(string)
+			old := u.pid()
+			stopLoad := load(t, addr, 2)
+			tc.break_(u, cfg)
+			waited := make(chan [2]any, 1)
+			go func() { out, code := u.upgrade(); waited <- [2]any{out, code} }()
+			if tc.slow {
+				u.waitLog("upgrade: starting a new master", 1, 10*time.Second)
+				if out, code := u.client("upgrade"); code == 0 || !strings.Contains(out, "an upgrade is under way") {
+					t.Errorf("a second upgrade during the first: exit %d: %s", code, out)
+				}
+			}
+			r := testkit.Recv(t, waited, 30*time.Second, "upgrade --wait")
+			out, code := r[0].(string), r[1].(int)
+			ok, failed := stopLoad()
+			t.Logf("upgrade --wait: exit %d: %s; %d requests ok, %d failed", code, out, ok, failed)
+			if code != 1 || !strings.Contains(out, tc.reason) {
+				t.Errorf("upgrade --wait exit %d, %q; want 1 and a reason with %q", code, out, tc.reason)
+			}
+			if failed > 0 || ok == 0 {
+				t.Errorf("%d requests failed (%d ok), want none", failed, ok)
+			}
+			if pid := u.pid(); pid != old {
+				t.Errorf("pid file names %d, want the old master %d", pid, old)
+			}
+			st, err := u.status()
+			if err != nil || st.Pid != old || st.Phase != "running" || st.Ready != 2 || st.Upgrade != "" || !strings.Contains(st.LastUpgrade, tc.reason) {
+				t.Errorf("status after the failed upgrade: %v %+v", err, st)
+			}
+			if n := len(u.logs("upgrade failed; this master carries on")); n != 1 {
+				t.Errorf("%d log lines for the failure, want 1", n)
+			}
+			if v := u.metric(`supervisor_upgrades_total{result="failed"}`); v != "1" {
+				t.Errorf("upgrades_total failed = %q, want 1", v)
+			}
+			tc.mend(u, cfg)
+			if out, code := u.upgrade(); code != 0 {
+				t.Errorf("upgrade once mended: exit %d: %s", code, out)
+			}
+			if pid := u.pid(); pid == old {
+				t.Error("the pid file still names the old master after a good upgrade")
+			}
+			getFacts(t, addr)
+		})
+	}
+}
+
+func mustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
