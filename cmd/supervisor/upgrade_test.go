@@ -25,17 +25,17 @@ import (
 // not a pipe (a new master outlives the process the test started, and Go
 // dies of SIGPIPE writing to stderr once the pipe's reader is gone).
 type upgraded struct {
-	t        *testing.T
-	dir      string
-	bin      string // the binary the master was started from
-	logPath  string
-	pidFile  string
-	control  string
-	cmd      *exec.Cmd
-	done     chan struct{}
-	mu       sync.Mutex
-	masters  map[int]bool // every master pid seen, for the cleanup
-	maxWant  int          // workers+max_surge: samples above it are described in bounds.errs
+	t       *testing.T
+	dir     string
+	bin     string // the binary the master was started from
+	logPath string
+	pidFile string
+	control string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	mu      sync.Mutex
+	masters map[int]bool // every master pid seen, for the cleanup
+	maxWant int          // workers+max_surge: samples above it are described in bounds.errs
 }
 
 // startUpgradable starts a master from a private copy of the binary, with
