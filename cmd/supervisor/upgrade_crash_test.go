@@ -1,0 +1,154 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
+	"golang.org/x/sys/unix"
+)
+
+// A new master that dies after it took over is a crash: its workers die
+// with it, the old master keeps serving with the workers it has left,
+// takes the control socket and the pid file back and refills its pool. It
+// will not upgrade again (tableflip hands over once per process).
+func TestNewMasterCrashAfterTakingOver(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "supervisor.yaml")
+	upgradeConfig(t, cfg)
+	u := startUpgradable(t, nil, "--config", cfg)
+	addr, _ := u.waitLog("listening", 1, time.Second)["address"].(string)
+	old := u.pid()
+	stopLoad := load(t, addr, 2)
+	// The new master's workers take a second to boot: it commits with its
+	// canary, then is killed while its second worker boots.
+	upgradeConfig(t, cfg, `command: ["`+self(t)+`", "example-app", "--boot-delay", "1s"]`)
+	if out, code := u.client("upgrade"); code != 0 {
+		t.Fatalf("upgrade: exit %d: %s", code, out)
+	}
+	line := u.waitLog("upgrade committed: the new master takes over; handing over workers", 1, 30*time.Second)
+	newPid := int(line["new_pid"].(float64))
+	if got := u.pid(); got != newPid {
+		t.Errorf("pid file names %d after the commit, want the new master %d", got, newPid)
+	}
+	newWorkers := children(newPid)
+	if err := syscall.Kill(newPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	u.waitLog("upgrade failed; this master carries on", 1, 10*time.Second)
+	testkit.WaitFor(t, 20*time.Second, "the old master serving 2 workers again", func() bool {
+		st, err := u.status()
+		return err == nil && st.Pid == old && st.Phase == "running" && st.Ready == 2 && st.Upgrade == ""
+	})
+	ok, failed := stopLoad()
+	t.Logf("%d requests ok, %d failed: those the killed new master's canary had accepted", ok, failed)
+	if ok == 0 {
+		t.Error("no request succeeded")
+	}
+	if got := u.pid(); got != old {
+		t.Errorf("pid file names %d, want the old master %d again", got, old)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the new master's workers to be gone", func() bool {
+		for _, pid := range newWorkers {
+			if testkit.Alive(pid) && !isZombie(pid) {
+				return false
+			}
+		}
+		return true
+	})
+	st, _ := u.status()
+	if !strings.Contains(st.LastUpgrade, "died after it took over") {
+		t.Errorf("last upgrade %q, want the crash", st.LastUpgrade)
+	}
+	upgradeConfig(t, cfg)
+	if out, code := u.client("upgrade"); code == 0 || !strings.Contains(out, "handed over once") {
+		t.Errorf("a later upgrade: exit %d: %s; want it refused", code, out)
+	}
+	distinctWorkers(t, addr, 2)
+}
+
+// A fake systemd (the test's own NOTIFY_SOCKET) sees READY=1 from the first
+// master, MAINPID=<new> from the old master (sent while it still lives,
+// as systemd requires) and then READY=1 from the new master.
+func TestUpgradeTellsSystemd(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	raw, _ := conn.SyscallConn()
+	_ = raw.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+	type note struct {
+		pid int
+		msg string
+	}
+	read := func(until func(note) bool) []note {
+		t.Helper()
+		var got []note
+		buf, oob := make([]byte, 4096), make([]byte, 1024)
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+			if err != nil {
+				t.Fatalf("fake systemd: %v after %v", err, got)
+			}
+			nt := note{msg: string(buf[:n])}
+			if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(cms) > 0 {
+				if cred, err := unix.ParseUnixCredentials(&cms[0]); err == nil {
+					nt.pid = int(cred.Pid)
+				}
+			}
+			got = append(got, nt)
+			if until(nt) {
+				return got
+			}
+		}
+	}
+	u := startUpgradable(t, []string{"NOTIFY_SOCKET=" + path}, "--bind", "127.0.0.1:0", "--workers", "2", "--", self(t), "example-app")
+	old := u.pid()
+	read(func(n note) bool { return n.pid == old && strings.Contains(n.msg, "READY=1") })
+	if out, code := u.upgrade(); code != 0 {
+		t.Fatalf("upgrade: exit %d: %s", code, out)
+	}
+	newPid := u.pid()
+	got := read(func(n note) bool { return n.pid == newPid && strings.Contains(n.msg, "READY=1") })
+	mainpid := -1
+	for i, n := range got {
+		if n.pid == newPid && strings.Contains(n.msg, "READY=1") && mainpid < 0 {
+			t.Errorf("READY=1 from the new master before MAINPID=: %+v", got)
+		}
+		if n.pid == old && n.msg == "MAINPID="+strconv.Itoa(newPid) {
+			mainpid = i
+		}
+	}
+	if mainpid < 0 {
+		t.Errorf("no MAINPID=%d from the old master %d: %+v", newPid, old, got)
+	}
+	t.Logf("notifications during the upgrade: %+v", got)
+}
+
+// As PID 1 (a container's init) the master refuses to upgrade: the new
+// master would be its child, and die with it.
+func TestUpgradeRefusedAsPID1(t *testing.T) {
+	if err := exec.Command("unshare", "--pid", "--fork", "true").Run(); err != nil {
+		t.Skipf("cannot make a pid namespace here: unshare: %v", err)
+	}
+	dir := t.TempDir()
+	ctl := filepath.Join(dir, "ctl.sock")
+	cmd := exec.Command("unshare", "--pid", "--kill-child", self(t), "--control", ctl, "--bind", "127.0.0.1:0", "--", self(t), "example-app")
+	cmd.Env = append(os.Environ(), testkit.Use("supervisor"))
+	p := startCmd(t, cmd)
+	p.waitLog("ready", 30*time.Second)
+	out, code := (&upgraded{t: t, control: ctl}).client("upgrade")
+	if code == 0 || !strings.Contains(out, "PID 1") {
+		t.Errorf("upgrade as PID 1: exit %d: %s; want it refused, naming PID 1", code, out)
+	}
+	t.Log(out)
+}
