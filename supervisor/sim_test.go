@@ -51,6 +51,14 @@ func (p *simProc) killed() bool { return slices.Contains(p.signals, syscall.SIGK
 // started, none ready yet.
 func newSim(t testing.TB, edit func(*Config)) *sim {
 	t.Helper()
+	s := buildSim(t, edit)
+	s.m.step()
+	return s
+}
+
+// buildSim is newSim before the first step.
+func buildSim(t testing.TB, edit func(*Config)) *sim {
+	t.Helper()
 	cfg := Defaults()
 	cfg.Command, cfg.Bind, cfg.Ready = []string{"/bin/true"}, []string{"127.0.0.1:0"}, ReadyNotify
 	if edit != nil {
@@ -77,7 +85,6 @@ func newSim(t testing.TB, edit func(*Config)) *sim {
 	if s.m.genSockets[1], err = s.m.socketsFor(res.Addrs); err != nil {
 		t.Fatal(err)
 	}
-	s.m.step()
 	return s
 }
 
@@ -414,7 +421,7 @@ func TestSimScaleRefusedMidRollout(t *testing.T) {
 func TestSimUnknownCommand(t *testing.T) {
 	s := boot(t, 1, nil)
 	r := answer(t, s.call(Request{Command: "explode"}))
-	if want := `unknown command "explode" (want status, reload, scale or stop)`; r.Error != want {
+	if want := `unknown command "explode" (want status, reload, scale, stop or upgrade)`; r.Error != want {
 		t.Fatalf("got %+v, want %q", r, want)
 	}
 	if err := checkCommand(Request{Command: "scale", Scale: "x"}); err == nil {

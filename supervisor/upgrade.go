@@ -107,8 +107,8 @@ func (m *master) startUpgrade(reply chan Response, wait bool) {
 	m.upgrade.sent = fingerprint(st.Pool)
 	m.log.Info("upgrade: starting a new master", zap.String("binary", os.Args[0]))
 	m.tellSystemd("STATUS=upgrading the master")
-	pair, up := m.pair, m.opts.Upgrader
-	go func() { pair.result(up.Upgrade()) }()
+	peer, up := m.pair.peer, m.opts.Upgrader
+	go func() { result(peer, up.Upgrade()) }()
 	switch {
 	case reply == nil:
 	case wait:

@@ -205,9 +205,10 @@ func (p *linkPair) drainPeer() {
 	})
 }
 
-// result writes an attempt's outcome into the new master's end: it reaches
-// the loop after whatever that master sent.
-func (p *linkPair) result(err error) {
+// result writes an attempt's outcome into peer, the new master's end (a
+// copy the loop may close meanwhile: then it is lost, as the loop no longer
+// needs it): it reaches the loop after whatever that master sent.
+func result(peer *os.File, err error) {
 	r := ""
 	if err != nil {
 		r = err.Error()
@@ -215,7 +216,7 @@ func (p *linkPair) result(err error) {
 			r = "unknown error"
 		}
 	}
-	_ = sendLink(p.peer, linkMsg{Result: &r})
+	_ = sendLink(peer, linkMsg{Result: &r})
 }
 
 // handedOver closes this master's copy of the new master's end once the

@@ -83,8 +83,11 @@ func (u *upgraded) cleanup() {
 	for slices.ContainsFunc(pids, testkit.Alive) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
+	b, _ := os.ReadFile(u.logPath)
+	if strings.Contains(string(b), "WARNING: DATA RACE") { // a -race build's masters
+		u.t.Error("a master reported a data race")
+	}
 	if u.t.Failed() {
-		b, _ := os.ReadFile(u.logPath)
 		u.t.Logf("supervisor output:\n%s", b)
 	}
 }
