@@ -38,7 +38,8 @@ type upgrade struct {
 	old       bool // this is the old master
 	peerPid   int  // the other master; 0 until the new one said who it is
 	began     time.Time
-	committed bool
+	committed bool // the new master took over (Committed)
+	readied   bool // old master: tableflip saw the new master's Ready
 	peer      *Status // the other master as it last reported, for status
 	sent      string  // the pool fingerprint this master last reported
 
@@ -133,8 +134,12 @@ func (m *master) onOldLink(msg linkMsg) {
 	case msg.Committed != 0 && !u.committed:
 		u.peerPid = msg.Committed
 		m.oldCommitted()
-	case msg.Result != nil && *msg.Result == "" && !u.committed:
-		m.oldCommitted()
+	case msg.Result != nil && *msg.Result == "":
+		// tableflip saw Ready: Committed, with the new master's pid,
+		// comes next, unless the new master dies first, which the end of
+		// the link will say once this master's copy is closed.
+		u.readied = true
+		m.pair.handedOver()
 	case msg.Result != nil && !u.committed:
 		why := *msg.Result
 		if u.reason != "" {
@@ -157,7 +162,7 @@ func (m *master) onOldLink(msg linkMsg) {
 func (m *master) oldCommitted() {
 	u := m.upgrade
 	u.committed = true
-	m.pair.handedOver()
+	m.pair.handedOver() // from now on, the end of the link is the new master's death
 	if m.phase == running {
 		m.phase = handingOver
 	}
@@ -186,7 +191,7 @@ func (m *master) onOldLinkClosed() {
 	m.pair.close()
 	m.pair = nil
 	u := m.upgrade
-	if u == nil || !u.committed {
+	if u == nil || !(u.committed || u.readied) {
 		return
 	}
 	m.handedOver = true // tableflip upgrades once

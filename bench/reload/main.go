@@ -15,7 +15,10 @@
 // turns on -max-requests and -max-requests-jitter, and the reload phase is
 // then -recycle-for of recycling with no reload, counting the workers
 // recycled), uvicorn (unmodified, Debian's python3-uvicorn; with
-// keep-alive, then with a new connection per request).
+// keep-alive, then with a new connection per request), upgrade (the example
+// app; the reload phase is master upgrades, USR2, each over once the new
+// master says it took over, the old one gone; the worker processes across
+// both masters are sampled every 5 ms).
 // Every master runs with --ready auto, the default. -scenario takes all, one
 // name or a comma-separated list of names.
 //
@@ -65,12 +68,12 @@ func main() {
 	flag.IntVar(&o.maxRequests, "max-requests", 200, "recycle scenario: max_requests")
 	flag.IntVar(&o.maxRequestsJitter, "max-requests-jitter", 50, "recycle scenario: max_requests_jitter")
 	flag.DurationVar(&o.interval, "interval", time.Second, "start a reload at most this often (0: back to back)")
-	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle and uvicorn")
+	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle, uvicorn and upgrade")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
 	plotFile := flag.String("plot", "", "draw each run's latencies over time and its reloads into this .png or .svg file")
 	flag.Parse()
-	all := []string{"plain", "broken", "slow", "recycle", "uvicorn"}
+	all := []string{"plain", "broken", "slow", "recycle", "uvicorn", "upgrade"}
 	names := all
 	if *which != "all" {
 		names = strings.Split(*which, ",")
@@ -90,7 +93,7 @@ func main() {
 		err = fmt.Errorf("%w (build it: go build -o bin/supervisor ./cmd/supervisor)", serr)
 	}
 	if err == nil && (unknown || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0) {
-		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle and uvicorn, and positive -workers, -rate, -reloads, -steady")
+		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle, uvicorn and upgrade, and positive -workers, -rate, -reloads, -steady")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reload:", err)

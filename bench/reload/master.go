@@ -7,6 +7,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,7 +28,11 @@ func (l logLine) gen() int { n, _ := l["generation"].(float64); return int(n) }
 // master's JSON lines for next, and never waits for anyone.
 type master struct {
 	cmd    *exec.Cmd
-	exited chan struct{} // closed once the master has exited
+	exited chan struct{} // closed once the first master has exited
+	// pid is the master in charge: the first one until an upgrade, then
+	// the one that took over. masters holds every one seen.
+	pid     int
+	masters []int
 
 	mu      sync.Mutex
 	lines   []logLine     // guarded by mu
@@ -54,6 +62,7 @@ func startMaster(bin string, args []string, logPath string) (*master, error) {
 		logf.Close()
 		return nil, err
 	}
+	m.pid, m.masters = m.cmd.Process.Pid, []int{m.cmd.Process.Pid}
 	go func() { _ = m.cmd.Wait(); close(m.exited) }()
 	go func() { // ends when the master and every worker have closed the pipe
 		defer logf.Close()
@@ -182,9 +191,127 @@ func (m *master) reload(timeout time.Duration) (reloadResult, error) {
 	return r, err
 }
 
-// stop sends SIGTERM and waits up to timeout for the master to exit 0;
-// past that it kills it.
+// upgrade sends USR2 to the master in charge and waits up to timeout (for
+// each step) for the new master to take over ("upgraded from pid N", once
+// the old master and its workers are gone), or for the old master to say
+// the upgrade failed.
+func (m *master) upgrade(timeout time.Duration) (reloadResult, error) {
+	m.mu.Lock()
+	from := len(m.lines)
+	m.mu.Unlock()
+	began := time.Now()
+	m.mu.Lock()
+	old := m.pid
+	m.mu.Unlock()
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		return reloadResult{}, err
+	}
+	r := reloadResult{outcome: "upgraded", at: began}
+	_, l, err := m.next(from, timeout, "the upgrade's commit or failure", func(l logLine) bool {
+		return l.msg() == "upgrade committed: the new master takes over; handing over workers" || l.msg() == "upgrade failed; this master carries on"
+	})
+	if err != nil {
+		return r, err
+	}
+	if l.msg() != "upgrade committed: the new master takes over; handing over workers" {
+		r.outcome, r.reason = "failed", fmt.Sprint(l["reason"])
+		r.took = time.Since(began)
+		r.drained = r.took
+		return r, nil
+	}
+	pid, _ := l["new_pid"].(float64)
+	if pid <= 0 {
+		return r, fmt.Errorf("the old master names no new master: %v", l)
+	}
+	m.mu.Lock()
+	m.pid = int(pid)
+	m.masters = append(m.masters, m.pid)
+	m.mu.Unlock()
+	_, l, err = m.next(from, timeout, fmt.Sprintf("the new master %d taking over from %d", m.pid, old),
+		msgIs("upgraded from pid "+strconv.Itoa(old)))
+	r.gen = l.gen()
+	r.took = time.Since(began)
+	r.drained = r.took // the old master's workers are gone before that line
+	return r, err
+}
+
+// workers counts the worker processes of every master alive, sampled
+// twice: a process in both listings lived through the time between them
+// together with all the others in both, so the count never exceeds the
+// processes alive at one time.
+func (m *master) workers() int {
+	m.mu.Lock()
+	masters := slices.Clone(m.masters)
+	m.mu.Unlock()
+	var walk func(pid int, seen map[int]bool)
+	walk = func(pid int, seen map[int]bool) {
+		for _, kid := range children(pid) {
+			switch {
+			case slices.Contains(masters, kid):
+			case isMaster(kid): // a new master not yet named in the log
+				walk(kid, seen)
+			default:
+				seen[kid] = true
+			}
+		}
+	}
+	list := func() map[int]bool {
+		seen := map[int]bool{}
+		for _, pid := range masters {
+			walk(pid, seen)
+		}
+		return seen
+	}
+	a, b := list(), list()
+	n := 0
+	for pid := range a {
+		if b[pid] {
+			n++
+		}
+	}
+	return n
+}
+
+// isMaster says whether pid runs the supervisor with flags (a master),
+// rather than as "supervisor example-app" (a worker).
+func isMaster(pid int) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	args := strings.Split(string(b), "\x00")
+	return len(args) > 1 && strings.HasPrefix(args[1], "-")
+}
+
+// children lists the pids whose parent is pid.
+func children(pid int) []int {
+	var kids []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, s := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(s); err == nil {
+				kids = append(kids, n)
+			}
+		}
+	}
+	return kids
+}
+
+// stop sends SIGTERM to the master in charge and waits up to timeout for
+// it to exit (0, when it is the first master; an upgraded one is not this
+// program's child: its end is the end of its output); past that it kills
+// it.
 func (m *master) stop(timeout time.Duration) error {
+	m.mu.Lock()
+	pid := m.pid
+	m.mu.Unlock()
+	if pid != m.cmd.Process.Pid {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		_, _, err := m.next(0, timeout, "the end of the upgraded master's output", func(logLine) bool { return false })
+		if !strings.Contains(fmt.Sprint(err), "ended") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			return fmt.Errorf("upgraded master %d still running %s after SIGTERM; killed", pid, timeout)
+		}
+		return nil
+	}
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-m.exited:

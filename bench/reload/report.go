@@ -83,6 +83,7 @@ type result struct {
 	steady, reload *phase
 	rollouts       *phase // the requests of reload sent during a rollout
 	recycles       int    // recycle scenario: workers recycled in the reload phase
+	maxWorkers     int    // upgrade scenario: most worker processes across masters, sampled every 5 ms
 	reloads        []reloadResult
 }
 
@@ -137,6 +138,9 @@ func (res *result) print(w io.Writer) {
 			res.steady.count(isReset), n, 100*float64(n)/float64(max(1, len(res.reload.latencies))))
 		printErrors(w, "app reset", phases, isReset)
 	}
+	if sc.upgrade {
+		fmt.Fprintf(w, "the \"reload\" phase is upgrades: worker processes across both masters, sampled every 5 ms: at most %d\n", res.maxWorkers)
+	}
 	if sc.recycle != nil {
 		fmt.Fprintf(w, "the \"reload\" phase is the recycling phase: %d workers recycled in it, replacement first\n", res.recycles)
 	} else {
@@ -183,7 +187,7 @@ func (res *result) printReloads(w io.Writer) {
 		took[r.outcome] = append(took[r.outcome], r.took.Round(time.Millisecond))
 		drained[r.outcome] = append(drained[r.outcome], r.drained.Round(time.Millisecond))
 		each = append(each, fmt.Sprintf("%s/%s", r.took.Round(time.Millisecond), r.drained.Round(time.Millisecond)))
-		if r.outcome != "succeeded" {
+		if r.outcome != "succeeded" && r.outcome != "upgraded" {
 			each[len(each)-1] += " (" + r.outcome + ")"
 			reason = cmp.Or(reason, r.reason)
 		}
@@ -193,13 +197,24 @@ func (res *result) printReloads(w io.Writer) {
 		return fmt.Sprintf("min %s, median %s, max %s", d[0], d[len(d)/2], d[len(d)-1])
 	}
 	for _, o := range outcomes {
+		if res.sc.upgrade {
+			fmt.Fprintf(w, "upgrades %s: %d; USR2 to the new master in charge, the old one gone: %s\n", o, len(took[o]), spread(took[o]))
+			continue
+		}
 		fmt.Fprintf(w, "reloads %s: %d; SIGHUP to outcome: %s; to replaced workers gone: %s\n",
 			o, len(took[o]), spread(took[o]), spread(drained[o]))
 	}
 	if reason != "" {
 		fmt.Fprintf(w, "first rollback's reason: %s\n", reason)
 	}
-	fmt.Fprint(w, "each reload, SIGHUP to outcome/to replaced workers gone:")
+	if res.sc.upgrade {
+		fmt.Fprint(w, "each upgrade, USR2 to the old master gone:")
+		for i := range each {
+			each[i], _, _ = strings.Cut(each[i], "/")
+		}
+	} else {
+		fmt.Fprint(w, "each reload, SIGHUP to outcome/to replaced workers gone:")
+	}
 	for i, e := range each {
 		if i%6 == 0 {
 			fmt.Fprint(w, "\n ")

@@ -26,6 +26,8 @@ type scenario struct {
 	// breakDeploy, when set, breaks (true) or fixes (false) the command on
 	// disk; reloads while broken must roll back.
 	breakDeploy func(broken bool) error
+	// upgrade: the reload phase is a series of master upgrades (USR2).
+	upgrade bool
 	// recycle, when set, turns recycling on with a reload (writing the
 	// config file the master reads) and measures the recycling phase
 	// instead of a series of reloads.
@@ -54,6 +56,9 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 					"  echo \"broken deploy: $0 exits 3 while %s exists\" >&2\n  exit 3\nfi\nexec %q example-app\n",
 					marker, marker, o.bin), 0o755)
 			}}}
+	case "upgrade":
+		return []scenario{{name: name, title: "upgrade: the master replaced by USR2, the example app",
+			args: []string{"--", o.bin, "example-app"}, keepalive: o.keepalive, upgrade: true}}
 	case "slow":
 		return []scenario{{name: name, title: "slow: the example app with --boot-delay 2s",
 			args: []string{"--", o.bin, "example-app", "--boot-delay", "2s"}, keepalive: o.keepalive}}
@@ -133,6 +138,10 @@ func (res *result) measure(m *master) error {
 			return err
 		}
 	}
+	if sc.upgrade {
+		quit, sampled := sampleWorkers(m)
+		defer func() { close(quit); res.maxWorkers = <-sampled }()
+	}
 	for i := range n {
 		if broken && i == o.reloads {
 			broken = false
@@ -141,13 +150,20 @@ func (res *result) measure(m *master) error {
 			}
 		}
 		began := time.Now()
-		r, err := m.reload(stepTimeout)
+		reload := m.reload
+		if sc.upgrade {
+			reload = m.upgrade
+		}
+		r, err := reload(stepTimeout)
 		if err != nil {
 			return err
 		}
 		time.Sleep(o.interval - time.Since(began)) // pacing: one reload per interval
-		if r.expected = "succeeded"; broken {
+		switch r.expected = "succeeded"; {
+		case broken:
 			r.expected = "rolled back"
+		case sc.upgrade:
+			r.expected = "upgraded"
 		}
 		res.reloads = append(res.reloads, r)
 	}
@@ -155,6 +171,28 @@ func (res *result) measure(m *master) error {
 	res.reload = <-reload
 	res.rollouts = res.reload.during(res.reloads)
 	return nil
+}
+
+// sampleWorkers counts the worker processes across masters every 5 ms
+// until quit is closed, and yields the most it saw.
+func sampleWorkers(m *master) (quit chan struct{}, most <-chan int) {
+	quit = make(chan struct{})
+	out := make(chan int, 1)
+	go func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		n := 0
+		for {
+			select {
+			case <-quit:
+				out <- n
+				return
+			case <-tick.C:
+				n = max(n, m.workers())
+			}
+		}
+	}()
+	return quit, out
 }
 
 // measureRecycling turns recycling on with one reload, then attacks for
