@@ -38,8 +38,8 @@ type upgrade struct {
 	old       bool // this is the old master
 	peerPid   int  // the other master; 0 until the new one said who it is
 	began     time.Time
-	committed bool // the new master took over (Committed)
-	readied   bool // old master: tableflip saw the new master's Ready
+	committed bool    // the new master took over (Committed)
+	readied   bool    // old master: tableflip saw the new master's Ready
 	peer      *Status // the other master as it last reported, for status
 	sent      string  // the pool fingerprint this master last reported
 
