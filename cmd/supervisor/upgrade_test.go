@@ -54,7 +54,9 @@ func startUpgradable(t *testing.T, env []string, args ...string) *upgraded {
 	}
 	defer logf.Close()
 	u.cmd = exec.Command(u.bin, append([]string{"--pid", u.pidFile, "--control", u.control, "--log-format", "json"}, args...)...)
-	u.cmd.Env = append(append(os.Environ(), testkit.Use("supervisor")), env...)
+	// A -race build sleeps 1 s at exit by default (atexit_sleep_ms), in
+	// every worker the handover stops, one after another.
+	u.cmd.Env = append(append(os.Environ(), testkit.Use("supervisor"), "GORACE=atexit_sleep_ms=0"), env...)
 	u.cmd.Stdout, u.cmd.Stderr = logf, logf
 	if err := u.cmd.Start(); err != nil {
 		t.Fatal(err)
