@@ -1,8 +1,9 @@
 // Package listener owns the master's listening sockets and nothing else: it
 // parses --bind addresses, binds them (or inherits them from systemd socket
-// activation, an fd number, or the previous master across an upgrade through
-// a tableflip-style Store), and hands out their raw descriptors in a stable
-// order for workers to inherit as fds 3, 4, ...
+// activation, an fd number, systemd's fd store after a crash, or the
+// previous master across an upgrade through a tableflip-style Store), and
+// hands out their raw descriptors in a stable order for workers to inherit
+// as fds 3, 4, ...
 //
 // Contract with the rest of the supervisor (DESIGN §5):
 //   - TCP sockets are plain TCP, never Go's default MPTCP.
@@ -24,6 +25,14 @@
 // last master, close the Store first (tableflip: Stop, then wait for Exit)
 // and the Sockets after it; a unix path still open in the Store is left in
 // place, and the next start removes it as stale.
+//
+// Across a master crash, under systemd with FileDescriptorStoreMax=, the
+// TCP and unix sockets (the master's own included) go through systemd's fd
+// store instead: FDStore sends each one (FDSTORE=1) under a name made from
+// its Store key ("listener_127.0.0.1_8080"), and Open adopts a passed
+// socket of that name for its bind after a restart. Those names belong to
+// the master: "systemd" binds never take such a socket, and
+// ReleaseUnclaimed closes the ones no bind of the new config claims.
 //
 // Linux only (SO_ACCEPTCONN, SO_PROTOCOL, memfd).
 //

@@ -100,8 +100,18 @@ type Socket struct {
 	mu        sync.Mutex
 	fd        int    // -1 once closed
 	unlink    string // KindUnix: path Close removes once nobody listens on it
-	inherited bool   // fd://N or systemd, not from a Store: Open's cleanup leaves it open
+	inherited bool   // fd://N, systemd or systemd's fd store, not from a Store: Open's cleanup leaves it open
+	storeName string // its FDNAME in systemd's fd store (Addr.fdStoreName); "" if never kept there
+	fdStored  bool   // adopted from systemd's fd store by that name
 }
+
+// FDStoreName returns the name the socket is kept under in systemd's fd
+// store (FDNAME=), "" for a socket never kept there (fd://N, systemd's).
+func (s *Socket) FDStoreName() string { return s.storeName }
+
+// FromFDStore reports whether Open adopted the socket from systemd's fd
+// store (LISTEN_FDS, by its FDStoreName) rather than binding it.
+func (s *Socket) FromFDStore() bool { return s.fdStored }
 
 // RawFD returns the descriptor number that workers inherit. It is valid
 // until Close (after which it returns -1) and reading it never changes the

@@ -23,16 +23,26 @@ import (
 //     address's key ("listener:"+Key(): Raw, plus "#N" for the Nth repeat
 //     of a HOST:0 value, numbered by ParseAll) and, if there is one, use it
 //     as it is (mode untouched);
-//  2. otherwise bind TCP and unix addresses (plain TCP, blocking mode, a
+//  2. otherwise, for a TCP or unix address, adopt the first socket systemd
+//     passed under the address's fd-store name (Socket.FDStoreName: the
+//     master kept it in systemd's fd store before it crashed), as it is
+//     (mode untouched), after checking it is a listening socket and marking
+//     it close-on-exec; Socket.FromFDStore then reports true;
+//  3. otherwise bind TCP and unix addresses (plain TCP, blocking mode, a
 //     stale unix socket file replaced, ?mode= applied), or take fd://N and
 //     systemd descriptors as they are, after checking each is a listening
 //     socket and marking it close-on-exec;
-//  3. once every address is open, add each socket that did not come from the
+//  4. once every address is open, add each socket that did not come from the
 //     store to it, so the store only changes when Open succeeds.
+//
+// A passed socket whose name is an fd-store name ("listener_…",
+// "metrics_…") is the master's own: a "systemd" or "systemd:NAME" address
+// never takes it, whatever the order of the addresses, so it can be
+// adopted by its bind only. See ReleaseUnclaimed for those no bind claims.
 //
 // Every descriptor in sd is marked close-on-exec, as sd_listen_fds does,
 // whether an address uses it or not; unused ones stay open. A descriptor of
-// fd://N or systemd belongs to the returned Socket and only Socket.Close
+// fd://N, systemd or its fd store belongs to the returned Socket and only Socket.Close
 // closes it (the cleanup after an error leaves it open). An inherited
 // descriptor can be used by one address only: "systemd" next to
 // "systemd:NAME", or fd://3 next to a systemd socket 3, is an error.
@@ -90,6 +100,11 @@ func (o *opener) open(a Addr) ([]*Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", a.flag(), a.Raw, err)
 	}
+	name := a.fdStoreName()
+	passed := -1
+	if !ok && name != "" {
+		passed = o.passedNamed(name)
+	}
 	var s *Socket
 	switch {
 	case ok:
@@ -97,6 +112,8 @@ func (o *opener) open(a Addr) ([]*Socket, error) {
 		if a.Kind == KindUnix {
 			s.Addr, s.unlink = a.Address, a.Address
 		}
+	case passed >= 0:
+		s, err = o.fromFDStore(a, name, passed)
 	case a.Kind == KindTCP:
 		s, err = bindTCP(a)
 	case a.Kind == KindUnix:
@@ -109,7 +126,7 @@ func (o *opener) open(a Addr) ([]*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.Name = a.Raw
+	s.Name, s.storeName = a.Raw, name
 	if o.kept[key] { // a second socket under one key would replace the first
 		return []*Socket{s}, fmt.Errorf("%s %s: repeated without its repeat number (parse the list with ParseAll)", a.flag(), a.Raw)
 	}

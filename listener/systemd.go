@@ -74,7 +74,9 @@ func (sd Systemd) name(i int) string {
 
 // systemd opens a "systemd" or "systemd:NAME" address: from the store when
 // the previous master kept it (keys key+"/0", key+"/1", ... and the names,
-// colon-separated, in a memfd under key+"/names"), else from sd.
+// colon-separated, in a memfd under key+"/names"), else from sd, skipping
+// the sockets under fd-store names (fdStoreNamed), which only their own
+// bind adopts.
 func (o *opener) systemd(a Addr, key string) ([]*Socket, error) {
 	bind := "--bind " + a.Raw
 	if socks, err := o.systemdFromStore(key); socks != nil || err != nil {
@@ -90,8 +92,8 @@ func (o *opener) systemd(a Addr, key string) ([]*Socket, error) {
 	var names []string
 	for i, fd := range o.sd.FDs {
 		name := o.sd.name(i)
-		if a.Name != "" && name != a.Name {
-			continue
+		if fdStoreNamed(name) || a.Name != "" && name != a.Name {
+			continue // the master's own, back from the fd store: its bind's
 		}
 		s, err := o.inherit(fd, name, a.Raw, fmt.Sprintf("%s: systemd socket %q (fd %d)", bind, name, fd))
 		if err != nil {
@@ -104,6 +106,9 @@ func (o *opener) systemd(a Addr, key string) ([]*Socket, error) {
 		passed := make([]string, len(o.sd.FDs))
 		for i := range passed {
 			passed[i] = o.sd.name(i)
+		}
+		if a.Name == "" {
+			return nil, fmt.Errorf("%s: systemd passed no socket of a .socket unit, only the master's own from its fd store (%s): give the service a .socket unit, or bind addresses instead", bind, strings.Join(passed, ", "))
 		}
 		return nil, fmt.Errorf("%s: systemd passed no socket named %q (passed: %s)", bind, a.Name, strings.Join(passed, ", "))
 	}
