@@ -119,6 +119,11 @@ func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 				m.inodes[s.RawFD()] = ino
 			}
 			m.log.Info("listening", zap.String("address", s.Addr), zap.String("name", s.Name), zap.Int("fd", s.RawFD()))
+			if st := m.opts.FDStore; st != nil {
+				if err := st.Add(s); err != nil {
+					m.log.Warn("socket not kept in systemd's fd store", zap.String("bind", s.Name), zap.Error(err))
+				}
+			}
 		}
 		m.sockets[key] = ss
 		opened = append(opened, key)
@@ -130,6 +135,11 @@ func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 func (m *master) retire(ss []*listener.Socket) {
 	for _, s := range ss {
 		delete(m.inodes, s.RawFD())
+		if st := m.opts.FDStore; st != nil {
+			if err := st.Remove(s); err != nil {
+				m.log.Warn("socket not removed from systemd's fd store", zap.String("bind", s.Name), zap.Error(err))
+			}
+		}
 		_ = s.Retire()
 	}
 }

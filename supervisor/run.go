@@ -60,6 +60,13 @@ type Options struct {
 	// the socket stays open for the caller to close.
 	Metrics       *Metrics
 	MetricsSocket *listener.Socket
+	// FDStore, when not nil, is systemd's fd store (listener.FDStore):
+	// every socket the master opens for a bind is added to it, and taken
+	// out when a reload removes its bind; an error is logged, never fatal.
+	FDStore interface {
+		Add(*listener.Socket) error
+		Remove(*listener.Socket) error
+	}
 }
 
 // Run is the master: it opens the sockets of cfg, starts cfg.Workers
