@@ -8,10 +8,11 @@ import (
 
 // inheritedOnly are variables a supervisor's own parent (systemd, a previous
 // master) set for the supervisor. A worker that inherited NOTIFY_SOCKET could
-// tell systemd the service is ready or stopping, so they are never passed on.
+// tell systemd the service is ready or stopping, so they are never passed on;
+// nor is FDSTORE, the size of the service's fd store, which is the master's.
 var inheritedOnly = []string{
 	"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
-	"WATCHDOG_USEC", "WATCHDOG_PID", "TABLEFLIP_HAS_PARENT_7DIU3",
+	"WATCHDOG_USEC", "WATCHDOG_PID", "TABLEFLIP_HAS_PARENT_7DIU3", "FDSTORE",
 }
 
 // Contract holds the per-worker values of DESIGN §3.

@@ -196,7 +196,7 @@ func TestWorkersSurviveThreadExits(t *testing.T) {
 
 func TestEnv(t *testing.T) {
 	base := []string{"PATH=/bin", "LISTEN_FDS=9", "LISTEN_PID=1", "LISTEN_FDNAMES=x", "NOTIFY_SOCKET=/run/systemd/notify",
-		"WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes", "KEEP=1", "OVERRIDE=old"}
+		"WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes", "FDSTORE=8", "KEEP=1", "OVERRIDE=old"}
 	env := Env(base, []string{"OVERRIDE=new", "EXTRA=1"}, Contract{Names: []string{"127.0.0.1:80", "systemd-name"}, NotifySocket: "@n", Slot: 2, Generation: 5})
 	want := []string{"PATH=/bin", "KEEP=1", "OVERRIDE=new", "EXTRA=1", "LISTEN_FDS=2", "LISTEN_FDNAMES=127.0.0.1_80:systemd-name",
 		"NOTIFY_SOCKET=@n", "SUPERVISOR_WORKER_SLOT=2", "SUPERVISOR_GENERATION=5"}
