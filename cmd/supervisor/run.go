@@ -81,6 +81,8 @@ func run(load func() (supervisor.Config, error)) (err error) {
 		return err
 	}
 	systemd := os.Getenv("NOTIFY_SOCKET")
+	fdstore := listener.FDStoreFromEnv(os.Getenv) // nil: off
+	sd = releaseFDStore(sd, res, fdstore, log)
 	upg, err = tableflip.New(tableflip.Options{PIDFile: cfg.PidFile, UpgradeTimeout: res.ReadyTimeout + upgradeGrace})
 	if err != nil {
 		return fmt.Errorf("upgrader: %w", err)
@@ -95,6 +97,7 @@ func run(load func() (supervisor.Config, error)) (err error) {
 	open := func(addrs []listener.Addr) ([]*listener.Socket, error) {
 		ss, err := listener.Open(addrs, upg.Fds, sd)
 		sockets = append(sockets, ss...)
+		sd = adoptedFromFDStore(sd, ss, log)
 		return ss, err
 	}
 	defer func() {
@@ -109,7 +112,7 @@ func run(load func() (supervisor.Config, error)) (err error) {
 	metrics := supervisor.NewMetrics(version)
 	var metricsSock *listener.Socket
 	if res.MetricsAddr != nil {
-		if metricsSock, err = openMetrics(*res.MetricsAddr, open, log); err != nil {
+		if metricsSock, err = openMetrics(*res.MetricsAddr, open, fdstore, log); err != nil {
 			return err
 		}
 	}
@@ -152,6 +155,7 @@ func run(load func() (supervisor.Config, error)) (err error) {
 		Stderr:        2,
 		Metrics:       metrics,
 		MetricsSocket: metricsSock,
+		FDStore:       fdstore,
 	})
 	if err != nil {
 		log.Error("giving up", zap.Error(err))
@@ -176,12 +180,16 @@ func removePidFile(path string) {
 }
 
 // openMetrics opens the --metrics socket the way the binds are opened
-// (through the upgrader's store, so a new master keeps the port), for the
-// master's own HTTP server.
-func openMetrics(a listener.Addr, open func([]listener.Addr) ([]*listener.Socket, error), log *zap.Logger) (*listener.Socket, error) {
+// (through the upgrader's store, so a new master keeps the port, and into
+// systemd's fd store, so a restarted one does), for the master's own HTTP
+// server.
+func openMetrics(a listener.Addr, open func([]listener.Addr) ([]*listener.Socket, error), st *listener.FDStore, log *zap.Logger) (*listener.Socket, error) {
 	ss, err := open([]listener.Addr{a})
 	if err != nil {
 		return nil, err // it names --metrics and the fix
+	}
+	if err := st.Add(ss[0]); err != nil {
+		log.Warn("socket not kept in systemd's fd store", zap.String("bind", "--metrics "+a.Raw), zap.Error(err))
 	}
 	log.Info("metrics listening", zap.String("address", ss[0].Addr))
 	return ss[0], nil
