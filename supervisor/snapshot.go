@@ -23,7 +23,8 @@ func (m *master) publish() {
 	for _, w := range st.Pool {
 		reqs += w.Requests
 	}
-	m.metrics.snap.Store(&snapshot{status: st, ready: m.phase == running && st.Ready >= st.Workers, requests: reqs})
+	ready := st.Ready + m.remoteReady() // a new master taking over counts the old one's too
+	m.metrics.snap.Store(&snapshot{status: st, ready: m.phase == running && ready >= st.Workers, requests: reqs})
 	m.metrics.live.answer()
 }
 

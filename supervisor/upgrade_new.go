@@ -96,6 +96,20 @@ func (m *master) remoteViews() []wview {
 	return vs
 }
 
+// remoteReady is how many of the old master's workers serve and are not
+// being stopped: 0 but in a new master taking over.
+func (m *master) remoteReady() int {
+	n := 0
+	if u := m.upgrade; u != nil && !u.old {
+		for _, v := range u.remote {
+			if v.state == wReady {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // stopRemote asks the old master to stop one of its workers: only after
 // the commit (before it, the old master is not to be touched).
 func (m *master) stopRemote(pid int) {

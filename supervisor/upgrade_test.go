@@ -114,6 +114,11 @@ func (tm *twoMasters) check(stage string) {
 	if procs > tm.want || ready < tm.old.m.configs[tm.old.m.stable].Workers {
 		tm.t.Fatalf("%s: %d processes (at most %d), %d ready\nold: %s\nnew: %s", stage, procs, tm.want, ready, tm.old.describe(), tm.new.describe())
 	}
+	// Once the new master answers /health/ready, it counts the old
+	// master's workers too: ready all through the handover.
+	if tm.new != nil && tm.new.m.phase == running && !tm.new.m.metrics.snap.Load().ready {
+		tm.t.Fatalf("%s: the new master reports not ready: %+v", stage, tm.new.m.metrics.snap.Load().status)
+	}
 }
 
 // Before the commit the new master starts one canary and the old master
