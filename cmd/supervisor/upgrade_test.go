@@ -68,8 +68,10 @@ func startUpgradable(t *testing.T, env []string, args ...string) *upgraded {
 	return u
 }
 
-// cleanup ends every master the test saw (the first is the test's child,
-// the later ones are its descendants) and waits until they are gone.
+// cleanup ends every master the test started, directly or through an
+// upgrade: every process running the test's private copy of the binary
+// (a new master whose old one died is re-parented away, and may never have
+// been seen), and waits until they are gone.
 func (u *upgraded) cleanup() {
 	u.mu.Lock()
 	pids := make([]int, 0, len(u.masters))
@@ -77,6 +79,15 @@ func (u *upgraded) cleanup() {
 		pids = append(pids, pid)
 	}
 	u.mu.Unlock()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range procs {
+		b, _ := os.ReadFile(f)
+		if argv0, _, _ := strings.Cut(string(b), "\x00"); argv0 == u.bin {
+			if pid, err := strconv.Atoi(strings.Split(f, "/")[2]); err == nil && !slices.Contains(pids, pid) {
+				pids = append(pids, pid)
+			}
+		}
+	}
 	for _, pid := range pids {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
