@@ -476,6 +476,10 @@ func TestUpgradeFailureLeavesTheOldMaster(t *testing.T) {
 				t.Error("the pid file still names the old master after a good upgrade")
 			}
 			getFacts(t, addr)
+			// The metrics port was handed over: the new master answers it.
+			testkit.WaitFor(t, 10*time.Second, "the new master's upgrades_total succeeded 1 on the same port", func() bool {
+				return u.metric(`supervisor_upgrades_total{result="succeeded"}`) == "1"
+			})
 		})
 	}
 }
