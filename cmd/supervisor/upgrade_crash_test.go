@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -151,4 +153,59 @@ func TestUpgradeRefusedAsPID1(t *testing.T) {
 		t.Errorf("upgrade as PID 1: exit %d: %s; want it refused, naming PID 1", code, out)
 	}
 	t.Log(out)
+}
+
+// Across master upgrades every socket is the same (same inode, so queued
+// connections are never lost), its file status flags unchanged (nothing
+// called Fd() on it: DESIGN §5, the uvicorn frozen in accept4), and a unix
+// socket's file is still there once the old masters are gone. The workers
+// are /bin/sleep: none of them changes a flag itself.
+func TestSocketsUnchangedAcrossUpgrades(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.sock")
+	u := startUpgradable(t, nil, "--bind", "127.0.0.1:0", "--bind", "unix:"+path, "--workers", "2",
+		"--ready", "delay", "--ready-delay", "50ms", "--", "/bin/sleep", "60")
+	sockets := func() map[string]string { // socket:[inode] -> flags, of fds 3 and 4 of every worker
+		t.Helper()
+		got := map[string]string{}
+		testkit.WaitFor(t, 10*time.Second, "the workers to exec /bin/sleep", func() bool {
+			clear(got)
+			kids := children(u.pid())
+			for _, kid := range kids {
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", kid))
+				if argv0, _, _ := strings.Cut(string(b), "\x00"); argv0 != "/bin/sleep" {
+					return false
+				}
+				for _, fd := range []int{3, 4} {
+					ino, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", kid, fd))
+					info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", kid, fd))
+					for l := range strings.Lines(string(info)) {
+						if v, ok := strings.CutPrefix(l, "flags:"); ok {
+							got[ino] = strings.TrimSpace(v)
+						}
+					}
+				}
+			}
+			return len(kids) == 2 && len(got) == 2
+		})
+		return maps.Clone(got)
+	}
+	before := sockets()
+	for i := 1; i <= 3; i++ {
+		if out, code := u.upgrade(); code != 0 {
+			t.Fatalf("upgrade %d: exit %d: %s", i, code, out)
+		}
+	}
+	after := sockets()
+	t.Logf("sockets and flags before %v, after 3 upgrades %v", before, after)
+	if !maps.Equal(before, after) {
+		t.Errorf("sockets and flags %v before the upgrades, %v after: want the same sockets, flags unchanged", before, after)
+	}
+	for _, flags := range after {
+		if v, _ := strconv.ParseInt(flags, 8, 64); v&unix.O_NONBLOCK != 0 {
+			t.Errorf("a socket's flags %s: O_NONBLOCK, want blocking as bound", flags)
+		}
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("the unix socket %s after 3 upgrades: %v, %v", path, fi, err)
+	}
 }
