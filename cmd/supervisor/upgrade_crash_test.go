@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -207,5 +208,46 @@ func TestSocketsUnchangedAcrossUpgrades(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
 		t.Errorf("the unix socket %s after 3 upgrades: %v, %v", path, fi, err)
+	}
+}
+
+// Unmodified uvicorn workers (--fd 3) through three master upgrades under
+// keep-alive load: no request fails, and the workers serving at the end are
+// the last master's.
+func TestUvicornUpgradesUnderKeepAlive(t *testing.T) {
+	const python = "/usr/bin/python3" // Debian's, with python3-uvicorn
+	if out, err := exec.Command(python, "-c", "import uvicorn").CombinedOutput(); err != nil {
+		t.Skipf("%s cannot import uvicorn (apt-get install python3-uvicorn): %v: %s", python, err, out)
+	}
+	dir, err := filepath.Abs("../../testdata/uvicorn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startUpgradable(t, nil, "--bind", "127.0.0.1:0", "--workers", "2", "--chdir", dir,
+		"--", python, "-m", "uvicorn", "--fd", "3", "app:app")
+	addr, _ := u.waitLog("listening", 1, time.Second)["address"].(string)
+	l := keepAliveLoad(addr, 4)
+	defer l.stop()
+	for i := 1; i <= 3; i++ {
+		served := l.ok.Load()
+		if out, code := u.upgrade(); code != 0 {
+			t.Fatalf("upgrade %d: exit %d: %s", i, code, out)
+		}
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("requests served after upgrade %d", i), func() bool { return l.ok.Load() > served })
+	}
+	l.stop()
+	t.Logf("%d requests from 4 keep-alive clients during 3 upgrades, %d failed", l.ok.Load()+l.failed.Load(), l.failed.Load())
+	if n := l.failed.Load(); n > 0 || l.ok.Load() == 0 {
+		t.Errorf("%d requests failed (%d ok); first errors:\n%s", n, l.ok.Load(), l.firstErrors())
+	}
+	kids := children(u.pid())
+	for range 10 {
+		body, err := get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(kids, func(pid int) bool { return strings.Contains(body, fmt.Sprintf("pid %d\n", pid)) }) {
+			t.Fatalf("answer %q is not from the last master's workers %v", body, kids)
+		}
 	}
 }
