@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -18,7 +20,7 @@ type Forker interface {
 type Spec struct {
 	Path       string              // the resolved executable
 	Args       []string            // argv; Args[0] is the name the app sees
-	Shim       []string            // argv prefix that runs RunShim, e.g. [supervisor, ShimArg]; nil: exec Path directly (no LISTEN_PID)
+	Shim       []string            // argv prefix that runs RunShim, e.g. [supervisor, ShimArg] or EmbeddedShim's; nil: exec Path directly (no LISTEN_PID)
 	Dir        string              // working directory; "" = the master's
 	Env        []string            // the whole environment (see Env)
 	Sockets    []int               // raw listening fds; they become 3, 4, ... in order
@@ -75,14 +77,30 @@ func (p *Process) Signal(sig syscall.Signal) error {
 // The parent-death signal is set after the credential change (Go's fork
 // order), since the kernel clears it on a uid/gid change.
 //
+// A Shim[0] of the form /proc/self/fd/N (EmbeddedShim's) names this
+// process's fd N, which the child cannot see under that number: Start
+// passes fd N to the child as the fd after the sockets, K = 3+len(Sockets),
+// and runs /proc/self/fd/K (as argv[0] too); the shim must close fd K
+// before it execs the worker, as the embedded one does.
+//
 // The socket fds are passed by number through syscall.ForkExec, which
 // dup2s them into place; nothing calls (*os.File).Fd, so the sockets' shared
 // file status flags never change (DESIGN §5).
 func Start(spec Spec) (*Process, error) {
 	argv0, argv := spec.Path, spec.Args
+	shimFd := -1
 	if len(spec.Shim) > 0 {
 		argv0 = spec.Shim[0]
 		argv = append(append(append([]string{}, spec.Shim...), spec.Path), spec.Args...)
+		if n, ok := strings.CutPrefix(argv0, "/proc/self/fd/"); ok {
+			fd, err := strconv.Atoi(n)
+			if err != nil {
+				return nil, fmt.Errorf("start %s: exec shim %s: not an fd", spec.Path, argv0)
+			}
+			shimFd = fd
+			argv0 = "/proc/self/fd/" + strconv.Itoa(3+len(spec.Sockets))
+			argv[0] = argv0
+		}
 	}
 	type started struct {
 		pid int
@@ -101,6 +119,9 @@ func Start(spec Spec) (*Process, error) {
 		files := []uintptr{uintptr(devnull), uintptr(spec.Stdout), uintptr(spec.Stderr)}
 		for _, fd := range spec.Sockets {
 			files = append(files, uintptr(fd))
+		}
+		if shimFd >= 0 {
+			files = append(files, uintptr(shimFd))
 		}
 		attr := &syscall.ProcAttr{
 			Dir:   spec.Dir,

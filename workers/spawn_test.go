@@ -31,6 +31,7 @@ func init() {
 			"pid": strconv.Itoa(os.Getpid()), "pgid": strconv.Itoa(pgid),
 			"listen_pid": os.Getenv("LISTEN_PID"), "listen_fds": os.Getenv("LISTEN_FDS"),
 			"listen_fdnames": os.Getenv("LISTEN_FDNAMES"), "slot": os.Getenv("SUPERVISOR_WORKER_SLOT"),
+			"watchdog_pid": os.Getenv("WATCHDOG_PID"), "argv0": os.Args[0], "fd4": fdTarget(4),
 			"fd3_protocol": strconv.Itoa(proto), "fd3_nonblock": strconv.FormatBool(fl&unix.O_NONBLOCK != 0),
 		})
 		return 0
@@ -59,9 +60,26 @@ func init() {
 	testkit.Register("listeners", listenersHelper)
 }
 
-// startHelper starts helper name as a worker through the shim with one
-// listening socket on fd 3, its stdout on a pipe.
+// fdTarget is what fd points to ("socket:[123]"), or "closed".
+func fdTarget(fd int) string {
+	s, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return "closed"
+	}
+	return s
+}
+
+// startHelper starts helper name as a worker through the Go shim (this
+// test binary as ShimArg) with one listening socket on fd 3, its stdout on
+// a pipe.
 func startHelper(t *testing.T, r *signals.Reaper, name string, exited chan Exit) (*Process, *os.File) {
+	t.Helper()
+	return startHelperVia(t, r, name, exited, []string{os.Args[0], ShimArg}, 0)
+}
+
+// startHelperVia is startHelper through shim, with the heartbeat watchdog
+// (0: none).
+func startHelperVia(t *testing.T, r *signals.Reaper, name string, exited chan Exit, shim []string, watchdog time.Duration) (*Process, *os.File) {
 	t.Helper()
 	ln, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -83,8 +101,9 @@ func startHelper(t *testing.T, r *signals.Reaper, name string, exited chan Exit)
 	raw, _ := pw.SyscallConn()
 	_ = raw.Control(func(fd uintptr) { wfd = int(fd) })
 	p, err := Start(Spec{
-		Path: os.Args[0], Args: []string{"worker"}, Shim: []string{os.Args[0], ShimArg},
-		Env:     Env(os.Environ(), []string{testkit.Use(name)}, Contract{Names: []string{"web:1"}, Slot: 3, Generation: 1}),
+		Path: os.Args[0], Args: []string{"worker"}, Shim: shim,
+		Env: Env(os.Environ(), []string{testkit.Use(name)},
+			Contract{Names: []string{"web:1"}, Slot: 3, Generation: 1, Watchdog: watchdog}),
 		Sockets: []int{ln}, Stdout: wfd, Stderr: 2, Forker: r, Exited: exited,
 	})
 	pw.Close()
@@ -105,31 +124,58 @@ func waitExit(t *testing.T, exited <-chan Exit) Exit {
 	return Exit{}
 }
 
-// A worker gets its sockets from fd 3, LISTEN_PID equal to its own pid (set
-// by the shim), its own process group, and the socket's flags untouched.
+// A worker gets its sockets from fd 3, LISTEN_PID (and, with a heartbeat,
+// WATCHDOG_PID) equal to its own pid (set by the shim), its argv[0], its own
+// process group, the socket's flags untouched, and no fd of the embedded
+// shim's memfd; through either shim.
 func TestStartGivesTheContract(t *testing.T) {
-	r := signals.NewReaper(false)
-	defer r.Close()
-	exited := make(chan Exit, 1)
-	p, out := startHelper(t, r, "report", exited)
-	b, err := io.ReadAll(out)
+	embedded, err := EmbeddedShim()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got map[string]string
-	if err := json.Unmarshal(b, &got); err != nil {
-		t.Fatalf("helper said %q: %v", b, err)
-	}
-	pid := strconv.Itoa(p.Pid)
-	want := map[string]string{"pid": pid, "pgid": pid, "listen_pid": pid, "listen_fds": "1", "listen_fdnames": "web_1",
-		"slot": "3", "fd3_protocol": strconv.Itoa(syscall.IPPROTO_TCP), "fd3_nonblock": "false"}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s = %q, want %q", k, got[k], v)
-		}
-	}
-	if ex := waitExit(t, exited); ex.Pid != p.Pid || !ex.Status.Exited() || ex.Status.ExitStatus() != 0 {
-		t.Errorf("exit %+v (%s), want pid %d exited 0", ex, Describe(ex.Status), p.Pid)
+	for _, tc := range []struct {
+		name     string
+		shim     []string
+		watchdog time.Duration
+	}{
+		{"go shim", []string{os.Args[0], ShimArg}, 0},
+		{"go shim, watchdog", []string{os.Args[0], ShimArg}, time.Minute},
+		{"embedded shim", embedded, 0},
+		{"embedded shim, watchdog", embedded, time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := signals.NewReaper(false)
+			defer r.Close()
+			exited := make(chan Exit, 1)
+			p, out := startHelperVia(t, r, "report", exited, tc.shim, tc.watchdog)
+			b, err := io.ReadAll(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]string
+			if err := json.Unmarshal(b, &got); err != nil {
+				t.Fatalf("helper said %q: %v", b, err)
+			}
+			pid := strconv.Itoa(p.Pid)
+			watchdogPid := ""
+			if tc.watchdog > 0 {
+				watchdogPid = pid
+			}
+			want := map[string]string{"pid": pid, "pgid": pid, "listen_pid": pid, "listen_fds": "1", "listen_fdnames": "web_1",
+				"slot": "3", "fd3_protocol": strconv.Itoa(syscall.IPPROTO_TCP), "fd3_nonblock": "false",
+				"watchdog_pid": watchdogPid, "argv0": "worker"}
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("%s = %q, want %q", k, got[k], v)
+				}
+			}
+			if strings.Contains(got["fd4"], "supervisor-exec-shim") {
+				t.Errorf("fd 4 is %s: the worker inherited the shim's memfd", got["fd4"])
+			}
+			if ex := waitExit(t, exited); ex.Pid != p.Pid || !ex.Status.Exited() || ex.Status.ExitStatus() != 0 {
+				t.Errorf("exit %+v (%s), want pid %d exited 0", ex, Describe(ex.Status), p.Pid)
+			}
+		})
 	}
 }
 
