@@ -143,7 +143,7 @@ func run(load func() (supervisor.Config, error)) (err error) {
 			}
 			return c.Validate()
 		},
-		Shim:          []string{"/proc/self/exe", workers.ShimArg},
+		Shim:          workerShim(log, workers.EmbeddedShim),
 		Signals:       sigs,
 		Control:       calls,
 		OnReady:       onReady(upg, cfg.PidFile),
