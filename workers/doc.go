@@ -8,8 +8,9 @@
 //     credentials, a parent-death signal that fires when the master dies.
 //     A Forker owns the wait and the Exit arrives once on Spec.Exited
 //     (Describe words its status); Process.Signal signals the whole group.
-//     RunShim (run as ShimArg) is the exec shim that sets LISTEN_PID to
-//     the worker's own pid before exec'ing the real command.
+//     The exec shim sets LISTEN_PID to the worker's own pid before
+//     exec'ing the real command: EmbeddedShim's, a tiny static executable
+//     run from a memfd, or RunShim (the binary itself run as ShimArg).
 //   - ListenNotify opens the NotifySocket that receives workers' sd_notify
 //     datagrams as Notifications (ParseMessage makes the Message).
 //   - Listening is the `listen` readiness, for apps that say nothing: it
