@@ -50,7 +50,10 @@ type Config struct {
 	MaxMemory         string
 	// Timeout is the heartbeat (0: off): a ready worker silent (no
 	// WATCHDOG=1) for longer is killed and replaced.
-	Timeout   time.Duration
+	Timeout time.Duration
+	// BootNice (0: off) starts each worker this much nicer than the
+	// master, until it is ready.
+	BootNice  int
 	Chdir     string
 	User      string
 	Group     string
@@ -98,6 +101,9 @@ func (c Config) Validate() (*Resolved, error) {
 	}
 	if c.ReadyTimeout == 0 {
 		return nil, errors.New("--ready-timeout 0s: must be positive, e.g. 60s")
+	}
+	if c.BootNice < 0 || c.BootNice > 19 {
+		return nil, fmt.Errorf("--boot-nice %d: want 0 (off) to 19", c.BootNice)
 	}
 	if c.MaxRequests < 0 || c.MaxRequestsJitter < 0 {
 		return nil, fmt.Errorf("--max-requests %d, --max-requests-jitter %d: must not be negative (0 turns recycling by requests off)", c.MaxRequests, c.MaxRequestsJitter)

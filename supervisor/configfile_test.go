@@ -43,6 +43,7 @@ func TestLoadFileGood(t *testing.T) {
 		MaxLifetimeJitter: 5 * time.Minute,
 		MaxMemory:         "512MiB",
 		Timeout:           30 * time.Second,
+		BootNice:          5,
 		Chdir:             "/",
 		Control:           "/tmp/supervisor-test.sock",
 		Metrics:           "127.0.0.1:0",
@@ -110,7 +111,7 @@ func TestLoadFileRejects(t *testing.T) {
 	}{
 		{"unknown key", "workers: 2\nworker: 3\n",
 			`config.yaml:2:1: unknown key "worker" (did you mean "workers"?): accepted keys are ` + strings.Join(Keys(), ", ")},
-		{"dash for underscore", "graceful-timeout: 5s\n", `config.yaml:1:1: unknown key "graceful-timeout" (did you mean "graceful_timeout"?): accepted keys are bind, chdir, command,`},
+		{"dash for underscore", "graceful-timeout: 5s\n", `config.yaml:1:1: unknown key "graceful-timeout" (did you mean "graceful_timeout"?): accepted keys are bind, boot_nice, chdir, command,`},
 		{"no suggestion", "zzz: 1\n", `config.yaml:1:1: unknown key "zzz": accepted keys are bind,`},
 		{"wrong type", "bind: [\":1\"]\nworkers: two\n", `config.yaml:2:10: workers: want an integer, got "two"`},
 		{"float for int", "workers: 2.5\n", `config.yaml:1:10: workers: want an integer, got "2.5"`},

@@ -18,6 +18,8 @@ type env struct {
 	// signal sends sig to a worker's process group; a group already gone
 	// is not an error.
 	signal func(p *workers.Process, sig syscall.Signal) error
+	// renice sets the nice value of a worker's whole process group.
+	renice func(p *workers.Process, nice int) error
 	now    func() time.Time
 	rand   func(n int64) int64 // uniform in [0, n), n > 0
 }
@@ -27,6 +29,7 @@ func osEnv() env {
 	return env{
 		spawn:  workers.Start,
 		signal: (*workers.Process).Signal,
+		renice: workers.Renice,
 		now:    time.Now,
 		rand:   mrand.Int64N,
 	}

@@ -121,6 +121,7 @@ func (m *master) onNotify(n workers.Notification) {
 func (m *master) markReady(w *worker) {
 	now := m.env.now()
 	w.setState(wReady)
+	m.unnice(w)
 	if w.cfg.Timeout > 0 {
 		w.heartbeatBy = now.Add(w.cfg.Timeout)
 	}

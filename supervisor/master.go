@@ -80,6 +80,8 @@ type master struct {
 	handedOver  bool      // an upgrade committed here once (tableflip upgrades once)
 	lastUpgrade string    // outcome of the last upgrade, for status
 	metricsStop func()    // stops serving the metrics port; nil when not serving
+
+	nice bootNice // boot_nice, fixed at start (bootnice.go)
 }
 
 // newMaster is the master before its first step: generation 1 is cfg, no
@@ -191,6 +193,7 @@ func (m *master) start(slot, gen int) {
 		Stdout:     m.opts.Stdout,
 		Stderr:     m.opts.Stderr,
 		Credential: cfg.Credential,
+		Nice:       m.niceFor(cfg),
 		Forker:     m.forker,
 		Exited:     m.exited,
 	})
@@ -199,7 +202,7 @@ func (m *master) start(slot, gen int) {
 		m.workerFailed(slot, gen, fmt.Sprintf("worker %d: %v", slot, err), 0, []zap.Field{zap.Int("slot", slot), zap.Int("generation", gen)})
 		return
 	}
-	w := &worker{proc: p, slot: slot, gen: gen, cfg: cfg, state: wStarting}
+	w := &worker{proc: p, slot: slot, gen: gen, cfg: cfg, state: wStarting, niced: m.niceFor(cfg) > 0}
 	if cfg.Ready == ReadyDelay {
 		w.delayedReadyAt = p.Started.Add(cfg.ReadyDelay)
 	} else {

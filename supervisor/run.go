@@ -78,6 +78,10 @@ type Options struct {
 func Run(cfg *Resolved, opts Options) error {
 	m := newMaster(cfg, opts, osEnv())
 	defer m.metrics.live.stop()
+	var why string
+	if m.nice, why = probeBootNice(); !m.nice.ok && cfg.BootNice > 0 {
+		m.log.Info("boot_nice off: workers start at the master's priority", zap.String("why", why))
+	}
 	if opts.Parent != nil {
 		l, err := newLink(opts.Parent)
 		if err != nil {

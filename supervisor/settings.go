@@ -78,6 +78,8 @@ var settings = []Setting{
 		Usage: "replace a worker whose process group's RSS passes this size (512MiB, 2G); empty: never"},
 	{Key: "timeout", field: func(c *Config) any { return &c.Timeout },
 		Usage: "heartbeat: a ready worker that sends no WATCHDOG=1 for this long is killed and replaced (workers get WATCHDOG_USEC); 0: off"},
+	{Key: "boot_nice", field: func(c *Config) any { return &c.BootNice }, def: 10,
+		Usage: "start each new worker this much nicer (lower CPU priority) than the master until it is ready, so booting workers leave the serving ones their CPU; 0: off"},
 	{Key: "chdir", field: func(c *Config) any { return &c.Chdir },
 		Usage: "working directory of the workers"},
 	{Key: "user", Short: "u", field: func(c *Config) any { return &c.User },

@@ -28,8 +28,10 @@ type sim struct {
 	logs  *observer.ObservedLogs
 	load  func() (*Resolved, error) // what the next reload loads; nil: the config in force
 
-	spawned int  // processes started so far
-	failing bool // spawn fails
+	spawned int         // processes started so far
+	nices   map[int]int // pid -> the Spec.Nice it was started with
+	reniced map[int]int // pid -> the nice value renice set its group to
+	failing bool        // spawn fails
 
 	// check, when set, runs after every advance with the number of ready
 	// workers and of processes spawned just before it.
@@ -70,7 +72,9 @@ func buildSim(t testing.TB, edit func(*Config)) *sim {
 	}
 	core, logs := observer.New(zap.InfoLevel)
 	s := &sim{t: t, now: time.Unix(1_000_000, 0), next: 100, procs: map[int]*simProc{}, logs: logs}
-	e := env{spawn: s.spawn, signal: s.signal, now: func() time.Time { return s.now }, rand: func(n int64) int64 { return n / 2 }}
+	s.nices, s.reniced = map[int]int{}, map[int]int{}
+	e := env{spawn: s.spawn, signal: s.signal, now: func() time.Time { return s.now }, rand: func(n int64) int64 { return n / 2 },
+		renice: func(p *workers.Process, nice int) error { s.reniced[p.Pid] = nice; return nil }}
 	opts := Options{
 		Log:  zap.New(core),
 		Open: func([]listener.Addr) ([]*listener.Socket, error) { return nil, nil },
@@ -93,6 +97,7 @@ func (s *sim) spawn(spec workers.Spec) (*workers.Process, error) {
 		return nil, fmt.Errorf("start %s: fork/exec: resource temporarily unavailable", spec.Path)
 	}
 	p := &simProc{pid: s.next}
+	s.nices[p.pid] = spec.Nice
 	s.next++
 	s.spawned++
 	s.procs[p.pid] = p

@@ -27,6 +27,7 @@ type worker struct {
 	gen   int
 	cfg   *Resolved // its generation's config
 	state wstate
+	niced bool // started with boot_nice, not yet set back (bootnice.go)
 
 	// Timers, each zero when not set. setState clears those of the state
 	// the worker leaves.

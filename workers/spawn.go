@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Forker owns every wait for a child (signals.Reaper): it runs start with its
@@ -21,6 +23,7 @@ type Spec struct {
 	Path       string              // the resolved executable
 	Args       []string            // argv; Args[0] is the name the app sees
 	Shim       []string            // argv prefix that runs RunShim, e.g. [supervisor, ShimArg] or EmbeddedShim's; nil: exec Path directly (no LISTEN_PID)
+	Nice       int                 // > 0: the worker starts this much nicer than the master (Renice resets it); 0: as the master
 	Dir        string              // working directory; "" = the master's
 	Env        []string            // the whole environment (see Env)
 	Sockets    []int               // raw listening fds; they become 3, 4, ... in order
@@ -64,6 +67,42 @@ func (p *Process) Signal(sig syscall.Signal) error {
 		return nil
 	}
 	return err
+}
+
+// niceThread makes the calling thread by more nicer (at most 19) and
+// returns the nice value it had.
+func niceThread(by int) (was int, err error) {
+	was, err = Nice(0)
+	if err != nil {
+		return 0, err
+	}
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), min(was+by, 19)); err != nil {
+		return 0, fmt.Errorf("boot nice: setpriority: %w", err)
+	}
+	return was, nil
+}
+
+// Nice is the nice value of thread tid (0: the calling thread).
+func Nice(tid int) (int, error) {
+	if tid == 0 {
+		tid = unix.Gettid()
+	}
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		return 0, fmt.Errorf("getpriority: %w", err)
+	}
+	return 20 - prio, nil // the raw syscall's 40..1 for nice -20..19
+}
+
+// Renice sets the nice value of every thread of every process in p's
+// process group at once (setpriority PRIO_PGRP): a worker started with
+// Spec.Nice, back to the master's once it is ready. Raising the priority
+// needs root (CAP_SYS_NICE) or an RLIMIT_NICE that allows it.
+func Renice(p *Process, nice int) error {
+	if err := unix.Setpriority(unix.PRIO_PGRP, p.Pid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("setpriority of process group %d to %d: %w", p.Pid, nice, err)
+	}
+	return nil
 }
 
 // Start forks the worker described by spec and returns once it has exec'd
@@ -116,6 +155,20 @@ func Start(spec Spec) (*Process, error) {
 			res <- started{err: fmt.Errorf("open /dev/null: %w", err)}
 			return
 		}
+		restore := func() {}
+		if spec.Nice > 0 {
+			// This thread forks the child, which inherits its nice value;
+			// it is locked to this goroutine, so no other work of the
+			// master runs at that priority, and it is set back after the
+			// fork (best effort: it only waits for the child from then on).
+			was, err := niceThread(spec.Nice)
+			if err != nil {
+				syscall.Close(devnull)
+				res <- started{err: err}
+				return
+			}
+			restore = func() { _ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), was) }
+		}
 		files := []uintptr{uintptr(devnull), uintptr(spec.Stdout), uintptr(spec.Stderr)}
 		for _, fd := range spec.Sockets {
 			files = append(files, uintptr(fd))
@@ -136,6 +189,7 @@ func Start(spec Spec) (*Process, error) {
 		pid, exited, err := spec.Forker.Fork(func() (int, error) {
 			return syscall.ForkExec(argv0, argv, attr)
 		})
+		restore()
 		syscall.Close(devnull)
 		res <- started{pid: pid, at: time.Now(), err: err}
 		if err != nil {

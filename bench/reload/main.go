@@ -19,7 +19,10 @@
 // app; the reload phase is master upgrades, USR2, each over once the new
 // master says it took over, the old one gone; the worker processes across
 // both masters are sampled every 5 ms).
-// Every master runs with --ready auto, the default. -scenario takes all, one
+// Every master runs with --ready auto, the default, and --boot-nice from
+// -boot-nice (a comma-separated list runs each scenario once per value,
+// e.g. -boot-nice 0,10 to compare booting at the master's priority and
+// below it). -scenario takes all, one
 // name or a comma-separated list of names.
 //
 // With -plot FILE it also draws each run's requests and reloads over time,
@@ -40,6 +43,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -55,6 +59,7 @@ type options struct {
 	maxRequests       int           // recycle scenario: max_requests
 	maxRequestsJitter int           // recycle scenario: max_requests_jitter
 	keepalive         bool          // plain, broken and slow; uvicorn runs both ways
+	bootNice          int           // --boot-nice of every master
 }
 
 func main() {
@@ -71,6 +76,7 @@ func main() {
 	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle, uvicorn and upgrade")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
+	nices := flag.String("boot-nice", "10", "comma-separated --boot-nice values: each scenario runs once per value (0: off)")
 	plotFile := flag.String("plot", "", "draw each run's latencies over time and its reloads into this .png or .svg file")
 	flag.Parse()
 	all := []string{"plain", "broken", "slow", "recycle", "uvicorn", "upgrade"}
@@ -79,7 +85,15 @@ func main() {
 		names = strings.Split(*which, ",")
 	}
 	unknown := slices.ContainsFunc(names, func(n string) bool { return !slices.Contains(all, n) })
+	var bootNices []int
 	var err error
+	for _, v := range strings.Split(*nices, ",") {
+		n, perr := strconv.Atoi(v)
+		if perr != nil || n < 0 || n > 19 {
+			err = fmt.Errorf("-boot-nice %q: want comma-separated numbers from 0 to 19", *nices)
+		}
+		bootNices = append(bootNices, n)
+	}
 	if *plotFile != "" {
 		_, err = plotFormat(*plotFile)
 	}
@@ -112,18 +126,24 @@ func main() {
 	problems := 0
 	var panels []panel
 	for _, name := range names {
-		for _, sc := range scenariosNamed(name, o, tmp) {
-			res, err := run(sc, o)
-			if err != nil {
-				fmt.Printf("\n== %s ==\nPROBLEM: %v\n", sc.title, err)
-				problems++
-				continue
+		for _, nice := range bootNices {
+			o.bootNice = nice
+			for _, sc := range scenariosNamed(name, o, tmp) {
+				if len(bootNices) > 1 {
+					sc.title += fmt.Sprintf(" (boot_nice %d)", nice)
+				}
+				res, err := run(sc, o)
+				if err != nil {
+					fmt.Printf("\n== %s ==\nPROBLEM: %v\n", sc.title, err)
+					problems++
+					continue
+				}
+				if *plotFile != "" {
+					panels = append(panels, res.panel()) // before print sorts the latencies
+				}
+				res.print(os.Stdout)
+				problems += len(res.problems())
 			}
-			if *plotFile != "" {
-				panels = append(panels, res.panel()) // before print sorts the latencies
-			}
-			res.print(os.Stdout)
-			problems += len(res.problems())
 		}
 	}
 	if *plotFile != "" && len(panels) > 0 {

@@ -98,7 +98,7 @@ func run(sc scenario, o options) (*result, error) {
 		}
 	}
 	args := append([]string{"--bind", "127.0.0.1:0", "--workers", strconv.Itoa(o.workers),
-		"--log-format", "json", "--ready", "auto"}, sc.args...)
+		"--log-format", "json", "--ready", "auto", "--boot-nice", strconv.Itoa(o.bootNice)}, sc.args...)
 	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("bench-reload-%s-%d.log", sc.name, time.Now().UnixNano()))
 	m, err := startMaster(o.bin, args, logPath)
 	if err != nil {
