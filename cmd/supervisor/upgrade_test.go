@@ -92,10 +92,9 @@ func (u *upgraded) cleanup() {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	<-u.done
-	deadline := time.Now().Add(10 * time.Second)
-	for slices.ContainsFunc(pids, testkit.Alive) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(u.t, 10*time.Second, "every master the test started to be gone", func() bool {
+		return !slices.ContainsFunc(pids, testkit.Alive)
+	})
 	b, _ := os.ReadFile(u.logPath)
 	if strings.Contains(string(b), "WARNING: DATA RACE") { // a -race build's masters
 		u.t.Error("a master reported a data race")
