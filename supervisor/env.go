@@ -22,6 +22,8 @@ type env struct {
 	renice func(p *workers.Process, nice int) error
 	now    func() time.Time
 	rand   func(n int64) int64 // uniform in [0, n), n > 0
+	// trim hands memory the quiet master holds back to the kernel.
+	trim func()
 }
 
 // osEnv is the real thing.
@@ -32,5 +34,6 @@ func osEnv() env {
 		renice: workers.Renice,
 		now:    time.Now,
 		rand:   mrand.Int64N,
+		trim:   trimMemory,
 	}
 }

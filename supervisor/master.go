@@ -71,6 +71,8 @@ type master struct {
 	sampling     bool           // an RSS sample is under way
 	nextScan     time.Time      // next listen-readiness scan, while a starting worker is watched
 	scanning     bool           // a listen-readiness scan is under way
+	nextTrim     time.Time      // when a quiet pool trims the master's memory (trim.go)
+	trimmed      bool           // trimmed since the pool was last busy
 	failure      error          // why the master gives up; returned by Run
 
 	// A master upgrade (upgrade.go, upgrade_new.go).
@@ -157,8 +159,10 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 // advance ends a turn of the loop: it does what is due now, applies the
 // pool plan, and publishes the state for scrapes.
 func (m *master) advance() {
-	m.onTick(m.env.now())
+	now := m.env.now()
+	m.onTick(now)
 	m.step()
+	m.planTrim(now)
 	m.publish()
 	m.report()
 }

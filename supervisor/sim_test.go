@@ -32,6 +32,7 @@ type sim struct {
 	nices   map[int]int // pid -> the Spec.Nice it was started with
 	reniced map[int]int // pid -> the nice value renice set its group to
 	failing bool        // spawn fails
+	trims   int         // memory trims the master asked for
 
 	// check, when set, runs after every advance with the number of ready
 	// workers and of processes spawned just before it.
@@ -74,7 +75,8 @@ func buildSim(t testing.TB, edit func(*Config)) *sim {
 	s := &sim{t: t, now: time.Unix(1_000_000, 0), next: 100, procs: map[int]*simProc{}, logs: logs}
 	s.nices, s.reniced = map[int]int{}, map[int]int{}
 	e := env{spawn: s.spawn, signal: s.signal, now: func() time.Time { return s.now }, rand: func(n int64) int64 { return n / 2 },
-		renice: func(p *workers.Process, nice int) error { s.reniced[p.Pid] = nice; return nil }}
+		renice: func(p *workers.Process, nice int) error { s.reniced[p.Pid] = nice; return nil },
+		trim:   func() { s.trims++ }}
 	opts := Options{
 		Log:  zap.New(core),
 		Open: func([]listener.Addr) ([]*listener.Socket, error) { return nil, nil },

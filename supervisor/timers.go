@@ -13,6 +13,7 @@ import (
 //   - master.drainUntil: the end of shutdown_delay;
 //   - master.nextSample: the next RSS sample (max_memory);
 //   - master.nextScan: the next listen-readiness scan of starting workers;
+//   - master.nextTrim: the end of a quiet spell, when memory is trimmed;
 //   - master.restarts: a crashed slot's backoff;
 //   - worker.readyBy, worker.delayedReadyAt: a starting worker's ready
 //     timeout, or its --ready delay;
@@ -23,7 +24,7 @@ import (
 
 // nextDeadline is the earliest time the loop must wake without an event.
 func (m *master) nextDeadline() (time.Time, bool) {
-	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan}
+	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan, m.nextTrim}
 	for _, at := range m.restarts {
 		ts = append(ts, at)
 	}
@@ -58,6 +59,7 @@ func (m *master) onTick(now time.Time) {
 	}
 	m.sampleMemory(now)
 	m.scanListen(now)
+	m.onTrimTick(now)
 	for slot, at := range m.restarts {
 		if reached(at, now) {
 			delete(m.restarts, slot) // step starts it
