@@ -18,7 +18,10 @@
 // keep-alive, then with a new connection per request), upgrade (the example
 // app; the reload phase is master upgrades, USR2, each over once the new
 // master says it took over, the old one gone; the worker processes across
-// both masters are sampled every 5 ms).
+// both masters are sampled every 5 ms), storm (unmodified uvicorn, a new
+// connection per request; the reload phase is a HUP every -storm-every for
+// -storm-for, none waiting for a rollout, then the pool settling: answered
+// requests per second, workers started, reloads that succeeded).
 // Every master runs with --ready auto, the default, and --boot-nice from
 // -boot-nice (a comma-separated list runs each scenario once per value,
 // e.g. -boot-nice 0,10 to compare booting at the master's priority and
@@ -60,6 +63,8 @@ type options struct {
 	maxRequestsJitter int           // recycle scenario: max_requests_jitter
 	keepalive         bool          // plain, broken and slow; uvicorn runs both ways
 	bootNice          int           // --boot-nice of every master
+	stormEvery        time.Duration // storm scenario: a HUP this often
+	stormFor          time.Duration // storm scenario: for this long
 }
 
 func main() {
@@ -73,13 +78,15 @@ func main() {
 	flag.IntVar(&o.maxRequests, "max-requests", 200, "recycle scenario: max_requests")
 	flag.IntVar(&o.maxRequestsJitter, "max-requests-jitter", 50, "recycle scenario: max_requests_jitter")
 	flag.DurationVar(&o.interval, "interval", time.Second, "start a reload at most this often (0: back to back)")
-	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle, uvicorn and upgrade")
+	flag.DurationVar(&o.stormEvery, "storm-every", 1500*time.Millisecond, "storm scenario: a HUP this often")
+	flag.DurationVar(&o.stormFor, "storm-for", 20*time.Second, "storm scenario: for this long")
+	which := flag.String("scenario", "all", "all, or a comma-separated list of plain, broken, slow, recycle, uvicorn, upgrade and storm")
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
 	nices := flag.String("boot-nice", "10", "comma-separated --boot-nice values: each scenario runs once per value (0: off)")
 	plotFile := flag.String("plot", "", "draw each run's latencies over time and its reloads into this .png or .svg file")
 	flag.Parse()
-	all := []string{"plain", "broken", "slow", "recycle", "uvicorn", "upgrade"}
+	all := []string{"plain", "broken", "slow", "recycle", "uvicorn", "upgrade", "storm"}
 	names := all
 	if *which != "all" {
 		names = strings.Split(*which, ",")
@@ -106,8 +113,8 @@ func main() {
 	if _, serr := os.Stat(o.bin); err == nil && serr != nil {
 		err = fmt.Errorf("%w (build it: go build -o bin/supervisor ./cmd/supervisor)", serr)
 	}
-	if err == nil && (unknown || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0) {
-		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle, uvicorn and upgrade, and positive -workers, -rate, -reloads, -steady")
+	if err == nil && (unknown || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0 || o.stormEvery <= 0 || o.stormFor <= 0) {
+		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle, uvicorn, upgrade and storm, and positive -workers, -rate, -reloads, -steady, -storm-every, -storm-for")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reload:", err)

@@ -49,6 +49,19 @@ func (p *phase) during(reloads []reloadResult) *phase {
 	return in
 }
 
+// perSecond counts the requests sent in each whole second from from to to
+// that did not fail.
+func (p *phase) perSecond(from, to time.Time) []int {
+	n := int(to.Sub(from) / time.Second)
+	out := make([]int, max(n, 0))
+	for i, at := range p.sent {
+		if k := int(at.Sub(from) / time.Second); !p.failed[i] && !at.Before(from) && k < n {
+			out[k]++
+		}
+	}
+	return out
+}
+
 // count is the number of failures whose error which selects.
 func (p *phase) count(which func(string) bool) int {
 	n := 0
@@ -84,7 +97,13 @@ type result struct {
 	rollouts       *phase // the requests of reload sent during a rollout
 	recycles       int    // recycle scenario: workers recycled in the reload phase
 	maxWorkers     int    // upgrade scenario: most worker processes across masters, sampled every 5 ms
-	reloads        []reloadResult
+	// The storm scenario: HUPs sent, workers started and reloads that
+	// succeeded in the phase, the time from the last HUP to the pool
+	// serving its generation, and answered requests per second of the storm.
+	hups, starts, succeeded int
+	settled                 time.Duration
+	throughput              []int
+	reloads                 []reloadResult
 }
 
 // counted reports whether a failure counts against the supervisor: all do
@@ -141,7 +160,15 @@ func (res *result) print(w io.Writer) {
 	if sc.upgrade {
 		fmt.Fprintf(w, "the \"reload\" phase is upgrades: worker processes across both masters, sampled every 5 ms: at most %d\n", res.maxWorkers)
 	}
-	if sc.recycle != nil {
+	if sc.storm {
+		tp := slices.Clone(res.throughput)
+		slices.Sort(tp)
+		if len(tp) > 0 {
+			fmt.Fprintf(w, "answered per second of the storm (%d req/s sent): min %d, median %d, max %d\n", res.o.rate, tp[0], tp[len(tp)/2], tp[len(tp)-1])
+		}
+		fmt.Fprintf(w, "the \"reload\" phase is the storm: %d HUPs, %d workers started, %d reloads succeeded; last HUP to its generation serving: %s\n",
+			res.hups, res.starts, res.succeeded, res.settled.Round(time.Millisecond))
+	} else if sc.recycle != nil {
 		fmt.Fprintf(w, "the \"reload\" phase is the recycling phase: %d workers recycled in it, replacement first\n", res.recycles)
 	} else {
 		res.printReloads(w)

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -32,6 +33,9 @@ type scenario struct {
 	// config file the master reads) and measures the recycling phase
 	// instead of a series of reloads.
 	recycle func() error
+	// storm: the reload phase is a HUP every o.stormEvery for o.stormFor,
+	// each sent without waiting for the one before, then the pool settling.
+	storm bool
 }
 
 // scenariosNamed returns the runs of the scenario called name.
@@ -72,6 +76,10 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 			recycle: func() error {
 				return os.WriteFile(cfg, fmt.Appendf(nil, "max_requests: %d\nmax_requests_jitter: %d\n", o.maxRequests, o.maxRequestsJitter), 0o644)
 			}}}
+	case "storm":
+		args := []string{"--chdir", o.uvicornDir, "--", python, "-m", "uvicorn", "--fd", "3", "--no-access-log", "app:app"}
+		return []scenario{{name: name, title: fmt.Sprintf("storm: uvicorn, a HUP every %s for %s", o.stormEvery, o.stormFor),
+			args: args, appResets: true, storm: true}}
 	case "uvicorn":
 		args := []string{"--chdir", o.uvicornDir, "--", python, "-m", "uvicorn", "--fd", "3", "--no-access-log", "app:app"}
 		return []scenario{
@@ -87,7 +95,7 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 // run starts the master for sc, measures a steady phase and a reload
 // phase, and stops the master. On error the master's log is kept.
 func run(sc scenario, o options) (*result, error) {
-	if sc.name == "uvicorn" {
+	if sc.name == "uvicorn" || sc.name == "storm" {
 		if out, err := exec.Command(python, "-c", "import uvicorn").CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("%s cannot import uvicorn (apt-get install python3-uvicorn): %v: %s", python, err, out)
 		}
@@ -128,6 +136,9 @@ func (res *result) measure(m *master) error {
 
 	if sc.recycle != nil {
 		return res.measureRecycling(m, addr)
+	}
+	if sc.storm {
+		return res.measureStorm(m, addr)
 	}
 	stop, reload := attack(addr, o.rate, sc.keepalive, time.Duration(3*o.reloads+6)*stepTimeout) // bounded all the same
 	defer stop()
@@ -211,6 +222,53 @@ func (res *result) measureRecycling(m *master, addr string) error {
 	_, phase := attack(addr, res.o.rate, res.sc.keepalive, res.o.recycleFor)
 	res.reload = <-phase
 	res.recycles, _ = m.count(from, msgIs("recycling worker"))
+	return nil
+}
+
+// measureStorm attacks while sending a HUP every o.stormEvery for
+// o.stormFor, never waiting for a rollout, then waits for the generation of
+// the last HUP to serve. Each HUP during a rollout retargets it, so the
+// canary boots wasted are the starts beyond the final generation's.
+func (res *result) measureStorm(m *master, addr string) error {
+	o := res.o
+	_, from := m.count(0, func(logLine) bool { return false })
+	stop, phase := attack(addr, o.rate, res.sc.keepalive, o.stormFor+2*stepTimeout) // bounded all the same
+	defer stop()
+	began := time.Now()
+	tick := time.NewTicker(o.stormEvery)
+	for time.Since(began) < o.stormFor {
+		if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			tick.Stop()
+			return err
+		}
+		res.hups++
+		<-tick.C
+	}
+	tick.Stop()
+	stormed := time.Now()
+	// The loop waited a whole interval after the last HUP, so its reload
+	// is logged: the newest generation is the one that must serve.
+	last := 0
+	m.count(from, func(l logLine) bool {
+		if l.msg() == "reload" {
+			last = max(last, l.gen())
+		}
+		return false
+	})
+	if last == 0 {
+		return fmt.Errorf("storm: no reload logged for %d HUPs", res.hups)
+	}
+	if _, _, err := m.next(from, stepTimeout, fmt.Sprintf("reload succeeded for generation %d", last), func(l logLine) bool {
+		return l.msg() == "reload succeeded" && l.gen() == last
+	}); err != nil {
+		return err
+	}
+	res.settled = time.Since(stormed)
+	stop()
+	res.reload = <-phase
+	res.starts, _ = m.count(from, msgIs("worker started"))
+	res.succeeded, _ = m.count(from, msgIs("reload succeeded"))
+	res.throughput = res.reload.perSecond(began, stormed)
 	return nil
 }
 
