@@ -43,7 +43,9 @@ type plan struct {
 //     stays at or above want without them — and, in a canary rollout, only
 //     once a target worker is ready; those whose slot a ready target
 //     worker holds go first, then the highest slot, then the oldest
-//     generation;
+//     generation. Before the canary starts, in a rollout to fewer workers
+//     than run, those in slots >= want stop as far as the canary needs
+//     room within want+surge;
 //  3. free target slots (no live target worker, no backoff) get a worker
 //     while the process count allows, and in a canary rollout only one
 //     until a target worker is ready: empty slots first (lost capacity),
@@ -89,6 +91,24 @@ func planPool(p pool) plan {
 		for len(oldReady) > 0 && readyT+len(oldReady)-1 >= p.want {
 			out.stop = append(out.stop, oldReady[0].pid)
 			oldReady = oldReady[1:]
+		}
+	} else if liveT == 0 {
+		// A rollout to fewer workers than run (a reload after a scale
+		// up, or of a config with fewer): the canary needs room within
+		// want+surge, so old workers in slots the target drops stop
+		// first, highest first, as far as that room needs and while want
+		// stay ready without them. Without this the canary never starts.
+		live := -len(out.stop) // processes that are not on their way out
+		for _, w := range p.workers {
+			if w.state != wStopping {
+				live++
+			}
+		}
+		slices.SortFunc(oldReady, func(a, b wview) int { return cmp.Or(b.slot-a.slot, a.gen-b.gen, a.pid-b.pid) })
+		for len(oldReady) > 0 && oldReady[0].slot >= p.want && live >= p.want+p.surge && len(oldReady)-1 >= p.want {
+			out.stop = append(out.stop, oldReady[0].pid)
+			oldReady = oldReady[1:]
+			live--
 		}
 	}
 	occupied := map[int]time.Time{} // slot -> birth of its oldest old worker
