@@ -121,6 +121,11 @@ func (m *master) onNotify(n workers.Notification) {
 func (m *master) markReady(w *worker) {
 	now := m.env.now()
 	w.setState(wReady)
+	w.wasReady = true
+	if w.reopenLogs {
+		w.reopenLogs = false
+		_ = m.env.signal(w.proc, syscall.SIGUSR1)
+	}
 	m.unnice(w)
 	if w.cfg.Timeout > 0 {
 		w.heartbeatBy = now.Add(w.cfg.Timeout)

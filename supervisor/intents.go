@@ -41,8 +41,16 @@ func (m *master) onIntent(intent signals.Intent, from string) {
 	case signals.Upgrade:
 		m.startUpgrade(nil, false)
 	case signals.ReopenLogs:
+		// A worker that was never ready may not handle USR1 yet (the exec
+		// shim, or an app before it sets its handlers: the default action
+		// ends it, and a canary's end rolls a reload back); it gets the
+		// signal once it is ready.
 		for _, w := range m.workers {
-			_ = m.env.signal(w.proc, syscall.SIGUSR1)
+			if w.wasReady {
+				_ = m.env.signal(w.proc, syscall.SIGUSR1)
+			} else {
+				w.reopenLogs = true
+			}
 		}
 	default:
 		m.log.Warn("signal not handled by this version", zap.String("signal", from))

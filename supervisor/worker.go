@@ -42,6 +42,10 @@ type worker struct {
 	killed    bool      // SIGKILL sent: it outlived its graceful timeout
 	timedOut  bool      // stopped for a missed ready deadline or heartbeat
 
+	// wasReady: it has been ready (and handles USR1); reopenLogs: a USR1
+	// came before that, to forward once it is ready.
+	wasReady, reopenLogs bool
+
 	status   string
 	requests int64
 	rss      int64 // its process group's RSS at the last sample
