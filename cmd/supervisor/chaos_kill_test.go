@@ -230,7 +230,7 @@ func TestChaosKilledWorkers(t *testing.T) {
 	}
 	settle := settled(t, p, workers, 30*time.Second)
 	load.stop()
-	t.Logf("%d SIGKILLs in %s (%d ticks found no worker to kill), seed %d; pool of %d ready again %s after the last kill",
+	t.Logf("%d SIGKILLs in %s (%d ticks found no worker to kill), seed %d; pool of %d ready again %s after the kills ended",
 		kills, span, idle, seed, workers, settle.Round(time.Millisecond))
 	t.Logf("load, %d clients: %s", clients, load)
 
