@@ -35,7 +35,7 @@ func (m *master) onExit(ex workers.Exit) {
 		when = " before it was ready"
 	}
 	reason := fmt.Sprintf("worker %d (pid %d) %s%s: %s", w.slot, ex.Pid, how, when, commandLine(w.cfg))
-	m.workerFailed(w.slot, w.gen, reason, ex.At.Sub(w.proc.Started), append(w.fields(), zap.String("how", how)))
+	m.workerFailed(w.slot, w.gen, reason, ex.At.Sub(w.proc.Started), append(w.fields(), zap.String("how", how)), msgReplacing)
 }
 
 // exitHow is how a worker that just exited ended, for
@@ -52,12 +52,17 @@ func (m *master) exitHow(w *worker) string {
 	return exitCrashed
 }
 
+// msgReplacing is workerFailed's log message for a worker that was
+// running (or starting) and failed.
+const msgReplacing = "worker exited unexpectedly; replacing it"
+
 // workerFailed handles a worker that exited unexpectedly, missed its ready
 // deadline, or could not be started: at boot the master gives up; in a
 // forward rollout, a target worker's failure rolls the rollout back;
-// otherwise a target slot is refilled after its crash backoff, and an old
-// generation's slot is left to the rollout.
-func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fields []zap.Field) {
+// otherwise a target slot is refilled after its crash backoff (logged as
+// msg, with the reason and the wait), and an old generation's slot is left
+// to the rollout.
+func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fields []zap.Field, msg string) {
 	switch {
 	case m.phase == booting:
 		m.fail(errors.New(reason))
@@ -69,7 +74,7 @@ func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fi
 		m.refill[slot] = startCrash
 		delay := crashDelay(prior)
 		m.restarts[slot] = m.env.now().Add(delay)
-		m.log.Warn("worker exited unexpectedly; replacing it", append(fields, zap.String("reason", reason), zap.Duration("after", delay))...)
+		m.log.Warn(msg, append(fields, zap.String("reason", reason), zap.Duration("after", delay))...)
 	default:
 		m.log.Warn("worker of an old generation exited; the rollout replaces it", append(fields, zap.String("reason", reason))...)
 	}

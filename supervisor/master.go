@@ -177,7 +177,8 @@ func (m *master) done() bool {
 func (m *master) cfg() *Resolved { return m.configs[m.stable] }
 
 // start forks a worker of generation gen for slot. A failed fork counts
-// as a crash.
+// as a crash: at boot the master gives up, later the slot is retried after
+// its crash backoff.
 func (m *master) start(slot, gen int) {
 	cfg := m.configs[gen]
 	socks := m.genSockets[gen]
@@ -202,8 +203,11 @@ func (m *master) start(slot, gen int) {
 		Exited:     m.exited,
 	})
 	if err != nil {
-		m.log.Error("worker start failed", zap.Int("slot", slot), zap.Int("generation", gen), zap.Error(err))
-		m.workerFailed(slot, gen, fmt.Sprintf("worker %d: %v", slot, err), 0, []zap.Field{zap.Int("slot", slot), zap.Int("generation", gen)})
+		// One line, from workerFailed: the reason names the limit when
+		// one was hit (EMFILE, EAGAIN), and the retry follows the crash
+		// backoff, so a fork that keeps failing is not a hot loop.
+		m.workerFailed(slot, gen, fmt.Sprintf("worker %d: %v%s", slot, err, limitHint(err)), 0,
+			[]zap.Field{zap.Int("slot", slot), zap.Int("generation", gen)}, "worker start failed; retrying")
 		return
 	}
 	w := &worker{proc: p, slot: slot, gen: gen, cfg: cfg, state: wStarting, niced: m.niceFor(cfg) > 0}

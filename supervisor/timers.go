@@ -93,7 +93,7 @@ func (m *master) missedHeartbeat(w *worker) {
 	m.metrics.heartbeatMisses.Inc()
 	w.timedOut = true
 	m.stop(w, syscall.SIGABRT, fastGrace)
-	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields())
+	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields(), msgReplacing)
 }
 
 // notReady handles a worker that missed its ready timeout: it is stopped,
@@ -103,7 +103,7 @@ func (m *master) notReady(w *worker) {
 		w.slot, w.proc.Pid, w.cfg.ReadyTimeout, commandLine(w.cfg), w.cfg.Ready, readyHint(w.cfg.Ready))
 	w.timedOut = true
 	m.stop(w, w.cfg.StopSig, min(fastGrace, w.cfg.GracefulTimeout))
-	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields())
+	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields(), msgReplacing)
 }
 
 // readyHint says what a readiness mode waited for and what to change.
