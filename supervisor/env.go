@@ -26,10 +26,11 @@ type env struct {
 	trim func()
 }
 
-// osEnv is the real thing.
+// osEnv is the real thing: spawn is workers.Start, short of RLIMIT_NPROC
+// (limits.go).
 func osEnv() env {
 	return env{
-		spawn:  workers.Start,
+		spawn:  spawnWithinLimits,
 		signal: (*workers.Process).Signal,
 		renice: workers.Renice,
 		now:    time.Now,
