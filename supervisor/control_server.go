@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/supervisor-dev/supervisor/workers"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,7 +37,8 @@ type ControlServer struct {
 
 	wg sync.WaitGroup // the accept loop and every connection
 
-	metrics *Metrics // counts requests when set (Count); nil: not counted
+	metrics *Metrics    // counts requests when set (Count); nil: not counted
+	log     *zap.Logger // says when accepting fails and recovers (SetLog); nil: silent
 
 	mu      sync.Mutex // guards the fields below
 	serving bool
@@ -78,6 +80,11 @@ func (s *ControlServer) SetUnlinkOnClose(unlink bool) {
 // Count makes the server count every request it answers in m
 // (supervisor_control_requests_total). Call it before Serve.
 func (s *ControlServer) Count(m *Metrics) { s.metrics = m }
+
+// SetLog makes the server log, once each, when it cannot accept
+// connections (EMFILE: the master's open-file limit) and when it accepts
+// again. Call it before Serve.
+func (s *ControlServer) SetLog(log *zap.Logger) { s.log = log }
 
 // Serve starts answering connections in the background and returns at once.
 // For each connection it checks the peer's credentials (root or the
@@ -173,6 +180,7 @@ func (s *ControlServer) pausedUntil() chan struct{} {
 func (s *ControlServer) accept(calls chan<- Call) {
 	defer s.wg.Done()
 	var delay time.Duration
+	failed := 0 // accept errors since the last connection accepted
 	for {
 		conn, err := s.ln.AcceptUnix()
 		if err != nil {
@@ -190,7 +198,12 @@ func (s *ControlServer) accept(calls chan<- Call) {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				continue // a Pause that Resume undid before this turn
 			}
-			// EMFILE and the like: back off as net/http does.
+			// EMFILE and the like: back off as net/http does, and say
+			// so once: clients wait in the socket's queue meanwhile.
+			if failed++; failed == 1 && s.log != nil {
+				s.log.Warn("control socket: cannot accept connections; retrying", zap.String("path", s.path),
+					zap.Error(fmt.Errorf("%w%s", errnoOf(err), limitHint(err))))
+			}
 			delay = min(max(2*delay, 5*time.Millisecond), controlAcceptMax)
 			select {
 			case <-s.done:
@@ -199,7 +212,10 @@ func (s *ControlServer) accept(calls chan<- Call) {
 			}
 			continue
 		}
-		delay = 0
+		if failed > 0 && s.log != nil {
+			s.log.Info("control socket: accepting connections again", zap.String("path", s.path), zap.Int("failed_accepts", failed))
+		}
+		delay, failed = 0, 0
 		// Set before the connection is tracked, so Close's deadline wins.
 		_ = conn.SetReadDeadline(time.Now().Add(controlReadTimeout))
 		if !s.track(conn) {

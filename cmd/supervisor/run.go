@@ -127,6 +127,7 @@ func run(load func() (supervisor.Config, error)) (err error) {
 	}
 	calls := make(chan supervisor.Call)
 	control.Count(metrics)
+	control.SetLog(log)
 	if parent == nil {
 		control.Serve(calls) // a new master serves from its commit
 	}
