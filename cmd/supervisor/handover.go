@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
@@ -113,29 +115,61 @@ func failToParent(upg *tableflip.Upgrader, parent *os.File, err error) {
 	}
 }
 
-// onReady is Options.OnReady: tableflip's Ready the first time (the pid
-// file, and the old master told), then the pid file alone (an old master
-// taking its pool back after its new master died).
+// onReady is Options.OnReady: the pid file, then tableflip's Ready the
+// first time (the old master told), then the pid file alone (an old master
+// taking its pool back after its new master died). The pid file is written
+// here, not by tableflip (whose Ready returns before telling the old
+// master when it cannot write it), so a pid file that fails at this point
+// costs a warning, never the upgrade: it was checked at start
+// (checkPidFile).
 func onReady(upg *tableflip.Upgrader, pidFile string) func() error {
 	first := true
 	return func() error {
+		err := writePidFile(pidFile)
 		if first {
 			first = false
-			return upg.Ready()
+			err = errors.Join(err, upg.Ready())
 		}
-		return writePidFile(pidFile)
+		return err
 	}
 }
 
+// checkPidFile fails, before anything is bound or started, when the pid
+// file cannot be written: it writes this process's pid to a temporary file
+// beside path, as writePidFile does, and removes it. A master that could
+// not write its pid file once ready would serve where scripts and
+// monitoring that read the file cannot find it (nginx and Gunicorn refuse
+// to start too).
+func checkPidFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".pid")
+	if err == nil {
+		_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if rerr := os.Remove(f.Name()); err == nil {
+			err = rerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("pid file %s: cannot write it (%v): give --pid a path in a writable directory with free space", path, errnoOf(err))
+	}
+	return nil
+}
+
 // writePidFile writes this process's pid to path atomically (a temporary
-// file beside it, renamed into place); nothing when path is "".
+// file beside it, renamed into place); nothing when path is "". The
+// temporary file never outlives a failure.
 func writePidFile(path string) error {
 	if path == "" {
 		return nil
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".pid")
 	if err != nil {
-		return fmt.Errorf("pid file: %w", err)
+		return fmt.Errorf("pid file %s not written: %v", path, errnoOf(err))
 	}
 	defer os.Remove(f.Name())
 	_, err = f.WriteString(strconv.Itoa(os.Getpid()))
@@ -146,9 +180,19 @@ func writePidFile(path string) error {
 		err = os.Rename(f.Name(), path)
 	}
 	if err != nil {
-		return fmt.Errorf("pid file: %w", err)
+		return fmt.Errorf("pid file %s not written: %v", path, errnoOf(err))
 	}
 	return nil
+}
+
+// errnoOf is the system error in err without its path (the temporary
+// file's name says nothing to an operator), or err itself.
+func errnoOf(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
 }
 
 // serving is Options.Serving for the control server: paused while the

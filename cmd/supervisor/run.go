@@ -69,6 +69,9 @@ func run(load func() (supervisor.Config, error)) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := checkPidFile(cfg.PidFile); err != nil {
+		return err
+	}
 	defer log.Sync() //nolint:errcheck // stderr may not sync
 
 	// Signals are registered before any child exists, so none takes its
@@ -83,7 +86,8 @@ func run(load func() (supervisor.Config, error)) (err error) {
 	systemd := os.Getenv("NOTIFY_SOCKET")
 	fdstore := listener.FDStoreFromEnv(os.Getenv) // nil: off
 	sd = releaseFDStore(sd, res, fdstore, log)
-	upg, err = tableflip.New(tableflip.Options{PIDFile: cfg.PidFile, UpgradeTimeout: res.ReadyTimeout + upgradeGrace})
+	// The pid file is written by onReady, not by tableflip.
+	upg, err = tableflip.New(tableflip.Options{UpgradeTimeout: res.ReadyTimeout + upgradeGrace})
 	if err != nil {
 		return fmt.Errorf("upgrader: %w", err)
 	}
