@@ -4,7 +4,8 @@
 //   - floor: N bare execs of the same binary started at once (`BIN version`,
 //     which exits once its runtime and packages have initialised), from the
 //     first fork to the last exit: what starting N such processes costs
-//     here, with no supervisor;
+//     here, with no supervisor; and one bare exec alone, since a master must
+//     itself start before its workers can (start/floor+1 divides by both);
 //   - start: from the exec of a master of N example-app workers to its
 //     `ready` log line (every worker ready);
 //   - reload: from SIGHUP to `reload succeeded` (every worker replaced by a
@@ -72,7 +73,7 @@ func main() {
 		}
 		return
 	}
-	fmt.Printf("%8s %10s %10s %10s %12s %13s %10s %10s\n", "workers", "floor", "start", "reload", "start/floor", "reload/floor", "rss_ready", "rss_quiet")
+	fmt.Printf("%8s %8s %8s %8s %8s %12s %14s %13s %10s %10s\n", "workers", "exec", "floor", "start", "reload", "start/floor", "start/floor+1", "reload/floor", "rss_ready", "rss_quiet")
 	for _, s := range strings.Split(*counts, ",") {
 		n, err := strconv.Atoi(s)
 		if err == nil && n < 1 {
@@ -90,7 +91,7 @@ func main() {
 
 // measure prints one line of figures for n workers.
 func measure(bin string, n, runs int, idle time.Duration) error {
-	var floors, starts, reloads []time.Duration
+	var ones, floors, starts, reloads []time.Duration
 	var rssReady, rssQuiet int
 	for i := range runs {
 		f, err := floor(bin, n)
@@ -98,6 +99,10 @@ func measure(bin string, n, runs int, idle time.Duration) error {
 			return err
 		}
 		floors = append(floors, f)
+		if f, err = floor(bin, 1); err != nil {
+			return err
+		}
+		ones = append(ones, f)
 		m, err := startMaster(bin, "--workers", strconv.Itoa(n))
 		if err != nil {
 			return err
@@ -124,9 +129,9 @@ func measure(bin string, n, runs int, idle time.Duration) error {
 			return fmt.Errorf("%d workers: %w", n, err)
 		}
 	}
-	fl, st, rl := median(floors), median(starts), median(reloads)
-	fmt.Printf("%8d %10s %10s %10s %12.2f %13.2f %8.1fMiB %8.1fMiB\n", n, ms(fl), ms(st), ms(rl),
-		st.Seconds()/fl.Seconds(), rl.Seconds()/fl.Seconds(), float64(rssReady)/1024, float64(rssQuiet)/1024)
+	one, fl, st, rl := median(ones), median(floors), median(starts), median(reloads)
+	fmt.Printf("%8d %8s %8s %8s %8s %12.2f %14.2f %13.2f %8.1fMiB %8.1fMiB\n", n, ms(one), ms(fl), ms(st), ms(rl),
+		st.Seconds()/fl.Seconds(), st.Seconds()/(one+fl).Seconds(), rl.Seconds()/fl.Seconds(), float64(rssReady)/1024, float64(rssQuiet)/1024)
 	return nil
 }
 
