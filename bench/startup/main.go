@@ -9,7 +9,7 @@
 //   - start: from the exec of a master of N example-app workers to its
 //     `ready` log line (every worker ready);
 //   - reload: from SIGHUP to `reload succeeded` (every worker replaced by a
-//     ready new one, the old ones stopped), at the default max_surge;
+//     ready new one, the old ones stopped), at -max-surge (the default's 25%);
 //
 // each -runs times, interleaved, and prints the medians and the ratios
 // start/floor and reload/floor. It also prints the master's RSS once ready
@@ -55,6 +55,7 @@ func main() {
 	runs := flag.Int("runs", 5, "measurements of each figure (the median is printed)")
 	idle := flag.Duration("idle", 0, "idle period for the CPU figure (0: none)")
 	memory := flag.Int("memory", 0, "instead: reloads for the memory figure, with 2 workers")
+	surge := flag.String("max-surge", "25%", "the masters' --max-surge")
 	flag.Parse()
 	abs, err := filepath.Abs(*bin)
 	if err == nil {
@@ -80,7 +81,7 @@ func main() {
 			err = fmt.Errorf("-workers %q: want positive counts", *counts)
 		}
 		if err == nil {
-			err = measure(abs, n, *runs, *idle)
+			err = measure(abs, n, *runs, *idle, *surge)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "startup:", err)
@@ -90,7 +91,7 @@ func main() {
 }
 
 // measure prints one line of figures for n workers.
-func measure(bin string, n, runs int, idle time.Duration) error {
+func measure(bin string, n, runs int, idle time.Duration, surge string) error {
 	var ones, floors, starts, reloads []time.Duration
 	var rssReady, rssQuiet int
 	for i := range runs {
@@ -103,7 +104,7 @@ func measure(bin string, n, runs int, idle time.Duration) error {
 			return err
 		}
 		ones = append(ones, f)
-		m, err := startMaster(bin, "--workers", strconv.Itoa(n))
+		m, err := startMaster(bin, "--workers", strconv.Itoa(n), "--max-surge", surge)
 		if err != nil {
 			return err
 		}
