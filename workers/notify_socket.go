@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,7 +27,9 @@ type Notification struct {
 type NotifySocket struct {
 	conn    *net.UnixConn
 	addr    string
-	path    string // "" for an abstract address; unlinked by Close
+	path    string   // "" for an abstract address; unlinked by Close
+	dir     string   // ListenPrivateNotify's directory, removed by Close; "" otherwise
+	allow   []uint32 // sender uids accepted; nil: any
 	dropped atomic.Uint64
 	closed  sync.Once
 
@@ -91,47 +94,105 @@ func (n *NotifySocket) Addr() string { return n.addr }
 // received in ancillary data is closed (which also releases a BARRIER=1
 // sender at once), whether the datagram is accepted or dropped. Datagrams
 // that are truncated (over MaxMessageSize bytes or too many fds), carry no
-// sender pid, or fail ParseMessage are dropped, counted in Dropped, and Read
-// keeps waiting. A message that only says BARRIER=1 is still returned.
+// sender pid, come from a uid the socket does not accept (ListenPrivateNotify),
+// or fail ParseMessage are dropped, counted in Dropped, and Read keeps
+// waiting. A message that only says BARRIER=1 is still returned.
 // The error is non-nil only when the socket fails; after Close it satisfies
 // errors.Is(err, net.ErrClosed). One goroutine calls Read.
 func (n *NotifySocket) Read() (Notification, error) {
-	for {
-		nb, noob, flags, _, err := n.conn.ReadMsgUnix(n.buf, n.oob)
-		if err != nil {
-			return Notification{}, fmt.Errorf("read notify socket %s: %w", n.addr, err)
-		}
-		pid, fds, ok := parseControl(n.oob[:noob])
-		pgid := 0
-		if ok {
-			// Before the fds are closed: a BARRIER sender is still waiting
-			// on them, so it and its parent are still there.
-			if g, err := unix.Getpgid(pid); err == nil {
-				pgid = g
-			} // else the sender is gone already: 0
-		}
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-		if !ok || nb > MaxMessageSize || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-			n.dropped.Add(1)
-			continue
-		}
-		msg, err := ParseMessage(n.buf[:nb])
-		if err != nil {
-			n.dropped.Add(1)
-			continue
-		}
-		return Notification{PID: pid, PGID: pgid, Msg: msg}, nil
+	b, err := n.ReadBatch(nil, 1)
+	if err != nil {
+		return Notification{}, err
 	}
+	return b[0], nil
 }
 
-// parseControl returns the sender's pid and every fd passed in the control
-// messages; ok is false without usable credentials. The caller closes fds.
-func parseControl(oob []byte) (pid int, fds []int, ok bool) {
+// ReadBatch is Read for a flood: it blocks until at least one well-formed
+// datagram arrives, then takes the datagrams already queued, up to max
+// received in all, without waiting again, and returns those it accepted
+// (dropping the rest as Read does) appended to dst. A reader woken once for
+// many datagrams, and a loop handed them at once, cost the master one
+// wake-up where Read costs one per datagram. max bounds the time a batch
+// holds back a good datagram behind a stream of bad ones.
+func (n *NotifySocket) ReadBatch(dst []Notification, max int) ([]Notification, error) {
+	rc, err := n.conn.SyscallConn()
+	if err != nil {
+		return dst, fmt.Errorf("read notify socket %s: %w", n.addr, err)
+	}
+	got := 0
+	var rerr error
+	read := func(fd uintptr) bool {
+		for range max {
+			nb, noob, flags, _, err := unix.Recvmsg(int(fd), n.buf, n.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+			for err == unix.EINTR {
+				nb, noob, flags, _, err = unix.Recvmsg(int(fd), n.buf, n.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+			}
+			switch {
+			case err == unix.EAGAIN:
+				// Empty: wait for the next datagram unless we have one.
+				// (The poller is edge-triggered: it wakes us only for
+				// a datagram that arrives after this EAGAIN.)
+				return got > 0
+			case err != nil:
+				rerr = err
+				return true
+			}
+			if note, ok := n.accept(nb, noob, flags); ok {
+				dst = append(dst, note)
+				got++
+			}
+		}
+		return true // max received; more may be queued: the next call reads first
+	}
+	for got == 0 && rerr == nil {
+		if err := rc.Read(read); err != nil {
+			return dst, fmt.Errorf("read notify socket %s: %w", n.addr, err)
+		}
+	}
+	if got == 0 {
+		return dst, fmt.Errorf("read notify socket %s: %w", n.addr, rerr)
+	}
+	return dst, nil
+}
+
+// accept checks one datagram received in n.buf and n.oob and closes every
+// fd it carried; ok is false (and the datagram counted in Dropped) when it
+// is not to be returned.
+func (n *NotifySocket) accept(nb, noob, flags int) (Notification, bool) {
+	pid, uid, fds, ok := parseControl(n.oob[:noob])
+	if ok && n.allow != nil && !slices.Contains(n.allow, uid) {
+		ok = false // before Getpgid: a foreign flood costs no more
+	}
+	pgid := 0
+	if ok {
+		// Before the fds are closed: a BARRIER sender is still waiting
+		// on them, so it and its parent are still there.
+		if g, err := unix.Getpgid(pid); err == nil {
+			pgid = g
+		} // else the sender is gone already: 0
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	if !ok || nb > MaxMessageSize || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		n.dropped.Add(1)
+		return Notification{}, false
+	}
+	msg, err := ParseMessage(n.buf[:nb])
+	if err != nil {
+		n.dropped.Add(1)
+		return Notification{}, false
+	}
+	return Notification{PID: pid, PGID: pgid, Msg: msg}, true
+}
+
+// parseControl returns the sender's pid and uid and every fd passed in the
+// control messages; ok is false without usable credentials. The caller
+// closes fds.
+func parseControl(oob []byte) (pid int, uid uint32, fds []int, ok bool) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return 0, nil, false
+		return 0, 0, nil, false
 	}
 	for i := range msgs {
 		m := &msgs[i]
@@ -144,24 +205,28 @@ func parseControl(oob []byte) (pid int, fds []int, ok bool) {
 			fds = append(fds, got...)
 		case unix.SCM_CREDENTIALS:
 			if cred, err := unix.ParseUnixCredentials(m); err == nil && cred.Pid > 0 {
-				pid, ok = int(cred.Pid), true
+				pid, uid, ok = int(cred.Pid), cred.Uid, true
 			}
 		}
 	}
-	return pid, fds, ok
+	return pid, uid, fds, ok
 }
 
 // Dropped returns how many datagrams Read has dropped. Safe from any goroutine.
 func (n *NotifySocket) Dropped() uint64 { return n.dropped.Load() }
 
-// Close closes the socket (unlinking a path socket) and unblocks a Read in
-// progress, which then returns an error wrapping net.ErrClosed. Safe from any
-// goroutine; a second call returns an error wrapping net.ErrClosed.
+// Close closes the socket (unlinking a path socket, and removing the
+// directory ListenPrivateNotify made) and unblocks a Read in progress, which
+// then returns an error wrapping net.ErrClosed. Safe from any goroutine; a
+// second call returns an error wrapping net.ErrClosed.
 func (n *NotifySocket) Close() error {
 	err := n.conn.Close()
 	n.closed.Do(func() {
-		if n.path != "" {
-			if rerr := os.Remove(n.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		for _, p := range []string{n.path, n.dir} {
+			if p == "" {
+				continue
+			}
+			if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 				err = rerr
 			}
 		}
