@@ -80,17 +80,29 @@ func (m *master) workerFailed(slot, gen int, reason string, up time.Duration, fi
 	}
 }
 
+// onNotifies applies a batch of sd_notify datagrams in order; it returns
+// whether any of them counted for a worker.
+func (m *master) onNotifies(batch []workers.Notification) bool {
+	changed := false
+	for _, n := range batch {
+		changed = m.onNotify(n) || changed
+	}
+	return changed
+}
+
 // onNotify applies one sd_notify datagram. It counts for a worker when its
 // sender is the worker or in the worker's process group (the group leader's
-// pid is the group id).
-func (m *master) onNotify(n workers.Notification) {
+// pid is the group id). A datagram from anyone else is counted as ignored
+// and changes nothing: onNotify then returns false.
+func (m *master) onNotify(n workers.Notification) bool {
 	w := m.workers[n.PID]
 	if w == nil && n.PGID > 0 {
 		w = m.workers[n.PGID]
 	}
 	if w == nil {
+		m.metrics.notifyIgnored.Inc()
 		m.log.Debug("notify from an unknown sender ignored", zap.Int("sender", n.PID))
-		return
+		return false
 	}
 	if n.Msg.HasStatus {
 		w.status = n.Msg.Status
@@ -117,6 +129,7 @@ func (m *master) onNotify(n workers.Notification) {
 		w.drainFrom = m.env.now()
 		w.killAt = m.env.now().Add(w.cfg.GracefulTimeout)
 	}
+	return true
 }
 
 // markReady moves a starting worker to ready and starts its heartbeat.

@@ -32,17 +32,17 @@ const fastGrace = time.Second
 
 // master is the state the loop owns. No other goroutine touches it.
 type master struct {
-	opts         Options
-	env          env
-	log          *zap.Logger
-	metrics      *Metrics
-	workerNotify string // NOTIFY_SOCKET given to workers: the master's notify socket
-	forker       workers.Forker
-	exited       chan workers.Exit
-	listenScans  chan listenScan    // from scanListen, buffered 1
-	rss          chan map[int]int64 // from sampleMemory, buffered 1
-	inodes       map[int]uint64     // socket fd -> inode, for listen readiness
-	started      time.Time
+	opts        Options
+	env         env
+	log         *zap.Logger
+	metrics     *Metrics
+	notify      *notifySockets // the sockets workers' NOTIFY_SOCKET names; nil in the simulated master
+	forker      workers.Forker
+	exited      chan workers.Exit
+	listenScans chan listenScan    // from scanListen, buffered 1
+	rss         chan map[int]int64 // from sampleMemory, buffered 1
+	inodes      map[int]uint64     // socket fd -> inode, for listen readiness
+	started     time.Time
 
 	phase   phase
 	workers map[int]*worker // by pid
@@ -121,7 +121,7 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 // loop runs until every worker is gone after a stop, and returns the reason
 // the master failed, or nil after a requested stop. Each turn handles one
 // event, then advances.
-func (m *master) loop(notes <-chan workers.Notification) error {
+func (m *master) loop(notes <-chan []workers.Notification) error {
 	m.step()
 	m.publish()
 	timer := time.NewTimer(time.Hour)
@@ -135,8 +135,14 @@ func (m *master) loop(notes <-chan workers.Notification) error {
 		select {
 		case ex := <-m.exited:
 			m.onExit(ex)
-		case n := <-notes:
-			m.onNotify(n)
+		case batch := <-notes:
+			if !m.onNotifies(batch) {
+				// Nothing changed, nothing to advance: a flood of
+				// datagrams from non-workers costs the loop a map
+				// lookup each, not a turn. A timer due meanwhile is
+				// ready at the next select.
+				continue
+			}
 		case sig := <-m.opts.Signals:
 			m.onIntent(signals.IntentOf(sig), sig.String())
 		case c := <-m.opts.Control:
@@ -192,7 +198,7 @@ func (m *master) start(slot, gen int) {
 		Args: cfg.Command,
 		Shim: m.opts.Shim,
 		Dir:  cfg.Chdir,
-		Env: workers.Env(os.Environ(), cfg.Env, workers.Contract{Names: names, NotifySocket: m.workerNotify,
+		Env: workers.Env(os.Environ(), cfg.Env, workers.Contract{Names: names, NotifySocket: m.notify.addr(cfg),
 			Slot: slot, Generation: gen, Watchdog: cfg.Timeout}),
 		Sockets:    fds,
 		Stdout:     m.opts.Stdout,

@@ -93,6 +93,7 @@ type Metrics struct {
 	lastReloadOK    prometheus.Gauge
 	recycles        *prometheus.CounterVec // reason
 	heartbeatMisses prometheus.Counter
+	notifyIgnored   prometheus.Counter     // well-formed datagrams from no worker
 	control         *prometheus.CounterVec // command, result
 	upgrades        *prometheus.CounterVec // result
 
@@ -140,11 +141,13 @@ func NewMetrics(version string) *Metrics {
 		Help: "When the config in force was last loaded successfully: at start, then at each reload that succeeded."})
 	m.heartbeatMisses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "supervisor", Name: "heartbeat_timeouts_total",
 		Help: "Ready workers killed for sending no WATCHDOG=1 within --timeout."})
+	m.notifyIgnored = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "supervisor", Name: "notify_datagrams_ignored_total",
+		Help: "Well-formed notify datagrams from a process that is neither a worker nor in a worker's process group."})
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "supervisor", Name: "build_info",
 		Help:        "Always 1; the labels say which supervisor runs.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
 	buildInfo.Set(1)
-	m.reg.MustRegister(m.control, m.boot, m.drain, m.reloadDuration, m.lastReloadOK, m.heartbeatMisses, buildInfo,
+	m.reg.MustRegister(m.control, m.boot, m.drain, m.reloadDuration, m.lastReloadOK, m.heartbeatMisses, m.notifyIgnored, buildInfo,
 		poolCollector{m},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())
@@ -178,7 +181,7 @@ var (
 	descRSS = prometheus.NewDesc("supervisor_worker_rss_bytes",
 		"Resident memory of each slot's process groups (all of its workers during a rollout), sampled at most once a second.", []string{"slot"}, nil)
 	descDropped = prometheus.NewDesc("supervisor_notify_datagrams_dropped_total",
-		"Notify datagrams dropped: malformed, oversized, or without sender credentials.", nil, nil)
+		"Notify datagrams dropped: malformed, oversized, without sender credentials, or from a user that runs no worker.", nil, nil)
 )
 
 // poolCollector turns the latest snapshot into gauges at scrape time.

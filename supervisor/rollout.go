@@ -85,6 +85,12 @@ func (m *master) loadGeneration() (*Resolved, []*listener.Socket, error) {
 			return nil, nil, fmt.Errorf("config: %w", err)
 		}
 	}
+	if m.notify != nil {
+		// A new --user: its workers get a socket of their own.
+		if err := m.notify.open(cfg); err != nil {
+			return nil, nil, fmt.Errorf("notify socket: %w", err)
+		}
+	}
 	socks, err := m.socketsFor(cfg.Addrs)
 	if err != nil {
 		return nil, nil, err

@@ -1,8 +1,6 @@
 package supervisor
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -113,29 +111,19 @@ func Run(cfg *Resolved, opts Options) error {
 		return err
 	}
 	m.genSockets[m.stable] = socks
-	ns, err := workers.ListenNotify(notifyAddr())
-	if err != nil {
-		return fmt.Errorf("notify socket: %w", err)
+	m.notify = newNotifySockets(m.log)
+	if err := m.notify.open(cfg); err != nil {
+		err = fmt.Errorf("notify socket: %w", err)
+		m.tellParent(linkMsg{Fail: err.Error()})
+		return err
 	}
 	reaper := signals.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
-	m.workerNotify, m.forker = ns.Addr(), reaper
-	dropped := ns.Dropped
+	m.forker = reaper
+	dropped := m.notify.dropped
 	m.metrics.dropped.Store(&dropped)
-
-	notes := make(chan workers.Notification, 64)
-	quit := make(chan struct{})
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		readNotify(ns, notes, quit, m.log)
-	}()
-	defer func() {
-		close(quit)
-		ns.Close()
-		<-readerDone
-	}()
-	return m.loop(notes)
+	defer m.notify.close()
+	return m.loop(m.notify.notes)
 }
 
 // serveMetrics starts or stops serving the metrics port, when there is one.
@@ -167,24 +155,28 @@ func (m *master) serving(on bool) {
 // dropReportEvery bounds how often readNotify logs dropped datagrams.
 const dropReportEvery = 10 * time.Second
 
-// readNotify reads the notify socket and sends each datagram on notes
-// until the socket is closed or quit is. Datagrams the socket dropped
-// (malformed, oversized, without credentials) are logged with their count
-// when the next one is read, at most once per dropReportEvery, and once
-// more when it ends.
-func readNotify(ns *workers.NotifySocket, notes chan<- workers.Notification, quit <-chan struct{}, log *zap.Logger) {
+// notifyBatch is the most datagrams readNotify hands the loop at once.
+const notifyBatch = 64
+
+// readNotify reads the notify socket and sends the datagrams on notes, each
+// batch of those already queued at once (NotifySocket.ReadBatch), until the
+// socket is closed or quit is. Datagrams the socket dropped (malformed,
+// oversized, without credentials, from another user) are logged with their
+// count when the next one is read, at most once per dropReportEvery, and
+// once more when it ends.
+func readNotify(ns *workers.NotifySocket, notes chan<- []workers.Notification, quit <-chan struct{}, log *zap.Logger) {
 	var reported uint64
 	var last time.Time
 	report := func() {
 		if d := ns.Dropped(); d > reported {
-			log.Warn("notify datagrams dropped: malformed, oversized or without sender credentials",
+			log.Warn("notify datagrams dropped: malformed, oversized, without sender credentials or from another user",
 				zap.Uint64("dropped", d-reported), zap.Uint64("total", d))
 			reported, last = d, time.Now()
 		}
 	}
 	defer report()
 	for {
-		n, err := ns.Read()
+		batch, err := ns.ReadBatch(nil, notifyBatch)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -196,17 +188,9 @@ func readNotify(ns *workers.NotifySocket, notes chan<- workers.Notification, qui
 			report()
 		}
 		select {
-		case notes <- n:
+		case notes <- batch:
 		case <-quit:
 			return
 		}
 	}
-}
-
-// notifyAddr is a fresh abstract-namespace address: nothing to clean up,
-// reachable by workers running as another user.
-func notifyAddr() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("@supervisor/%d/%s/notify", os.Getpid(), hex.EncodeToString(b))
 }

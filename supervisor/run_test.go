@@ -21,7 +21,7 @@ func TestReadNotifyLogsDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.WarnLevel)
-	notes, quit, done := make(chan workers.Notification, 1), make(chan struct{}), make(chan struct{})
+	notes, quit, done := make(chan []workers.Notification, 1), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		readNotify(ns, notes, quit, zap.New(core))
@@ -41,8 +41,8 @@ func TestReadNotifyLogsDrops(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := testkit.Recv(t, notes, 5*time.Second, "the good datagram"); !n.Msg.Ready {
-		t.Fatalf("got %+v, want READY=1", n)
+	if b := testkit.Recv(t, notes, 5*time.Second, "the good datagram"); len(b) != 1 || !b[0].Msg.Ready {
+		t.Fatalf("got %+v, want READY=1 alone", b)
 	}
 	drops := logs.FilterMessageSnippet("notify datagrams dropped").All()
 	if len(drops) != 1 || drops[0].ContextMap()["dropped"] != uint64(2) {
