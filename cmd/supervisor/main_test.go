@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/supervisor-dev/supervisor/internal/testkit"
+	"github.com/supervisor-dev/supervisor/workers"
 )
 
 // The test binary doubles as the supervisor binary: as the "supervisor"
@@ -34,7 +35,13 @@ func init() {
 	})
 }
 
-func TestMain(m *testing.M) { testkit.Main(m) }
+// Masters the tests kill with SIGKILL leave their notify directory behind
+// (under os.TempDir() when they have no XDG_RUNTIME_DIR, or run workers
+// as another user); the next master removes it, or, after the last test,
+// this.
+func TestMain(m *testing.M) {
+	testkit.Main(m, testkit.AfterTests(func() { workers.RemoveStaleNotifyDirs(os.TempDir()) }))
+}
 
 // self is this binary copied where any user may run it: workers run
 // --user nobody exec it, and so does the shim of a master run as nobody.

@@ -89,7 +89,15 @@ func Command(t testing.TB, ctx context.Context, name string, env ...string) *exe
 type Option func(*options)
 
 type options struct {
-	args map[string]func([]string) int
+	args  map[string]func([]string) int
+	after []func()
+}
+
+// AfterTests makes Main run fn once the tests have run, before it checks
+// for unused helpers and leaked goroutines: for what processes the tests
+// killed leave behind.
+func AfterTests(fn func()) Option {
+	return func(o *options) { o.after = append(o.after, fn) }
 }
 
 // Arg makes Main run fn when the test binary is run as "BINARY arg
@@ -105,7 +113,8 @@ func Arg(arg string, fn func(rest []string) int) Option {
 //  2. when the environment names a helper (see Use), it exits with the
 //     helper's result, or with 2 after saying so on stderr when no helper
 //     of that name is registered;
-//  3. else it runs the tests; then it removes PublicBinary's copy; then,
+//  3. else it runs the tests; then the AfterTests functions; then it
+//     removes PublicBinary's copy; then,
 //     when the tests passed in a full run (no -run, -skip or -list, not
 //     -short), it fails the run naming every registered helper that was
 //     never used; then, if all passed, it fails the run when goroutines are
@@ -130,14 +139,20 @@ func Main(m *testing.M, opts ...Option) {
 		}
 		os.Exit(fn())
 	}
-	goleak.VerifyTestMain(run{m})
+	goleak.VerifyTestMain(run{m, o.after})
 }
 
 // run is testing.M with Main's steps after the tests.
-type run struct{ m *testing.M }
+type run struct {
+	m     *testing.M
+	after []func()
+}
 
 func (r run) Run() int {
 	code := r.m.Run()
+	for _, fn := range r.after {
+		fn()
+	}
 	removePublicBinary()
 	if code != 0 || !fullRun() {
 		return code

@@ -22,6 +22,10 @@ func TestMain(m *testing.M) {
 	testkit.Main(m, testkit.Arg(argHook, func(rest []string) int {
 		fmt.Println(strings.Join(rest, " "))
 		return 4
+	}), testkit.AfterTests(func() {
+		if os.Getenv("TESTKIT_TEST_AFTER") != "" {
+			fmt.Println("after the tests")
+		}
 	}))
 }
 
@@ -97,6 +101,21 @@ func TestMainDispatch(t *testing.T) {
 	out, err := cmd.Output()
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 || string(out) != "a b\n" {
 		t.Errorf("arg hook: %v, %q; want exit status 4 and %q", err, out, "a b\n")
+	}
+}
+
+// An AfterTests function runs once the tests have run.
+func TestAfterTests(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(bounded(t), exe, "-test.run", "^TestAlive$")
+	cmd.Env = append(os.Environ(), "TESTKIT_TEST_AFTER=1")
+	out, err := cmd.Output()
+	pass, after := strings.Index(string(out), "PASS"), strings.Index(string(out), "after the tests")
+	if err != nil || pass < 0 || after < pass {
+		t.Errorf("a run with an AfterTests hook: %v, output %q; want PASS, then the hook's line", err, out)
 	}
 }
 
