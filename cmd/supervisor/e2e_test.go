@@ -68,6 +68,9 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 		now = children(p.cmd.Process.Pid)
 		return len(now) == 2 && !slices.Contains(now, before[0]) && slices.Contains(now, before[1])
 	})
+	// A child is not yet a worker that accepts: wait for the replacement's
+	// ready line (two at boot, then its own).
+	testkit.WaitFor(t, 10*time.Second, "the replacement ready", func() bool { return p.countLogs("worker ready") == 3 })
 	seen := distinctWorkers(t, addr, 2)
 	for _, pid := range now {
 		if _, ok := seen[pid]; !ok {
@@ -377,6 +380,8 @@ func TestPID1ReapsOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitLog("worker exited unexpectedly; replacing it", 10*time.Second)
+	// Two workers were ready at boot; the replacement is the third.
+	testkit.WaitFor(t, 10*time.Second, "the replacement ready", func() bool { return p.countLogs("worker ready") == 3 })
 	distinctWorkers(t, addr, 2)
 }
 
