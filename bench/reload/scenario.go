@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 const (
@@ -276,7 +279,15 @@ func (res *result) measureStorm(m *master, addr string) error {
 // (requests in flight complete; stop may be called again). done yields the
 // results once the attack is over.
 func attack(addr string, rate int, keepalive bool, d time.Duration) (stop func(), done <-chan *phase) {
-	atk := vegeta.NewAttacker(vegeta.KeepAlive(keepalive), vegeta.Timeout(10*time.Second), vegeta.MaxBody(4096))
+	// Each connection gets a source address of its own (testkit.DialLoopback):
+	// from 127.0.0.1 alone, a new connection per request at 1000 req/s runs
+	// out of ephemeral ports after about 15 s, and the search for a free one
+	// then takes the CPU the workers need.
+	atk := vegeta.NewAttacker(vegeta.Client(&http.Client{Transport: &http.Transport{
+		DialContext:         testkit.DialLoopback,
+		DisableKeepAlives:   !keepalive,
+		MaxIdleConnsPerHost: vegeta.DefaultConnections,
+	}}), vegeta.Timeout(10*time.Second), vegeta.MaxBody(4096))
 	target := vegeta.NewStaticTargeter(vegeta.Target{Method: "GET", URL: "http://" + addr + "/"})
 	results := atk.Attack(target, vegeta.Rate{Freq: rate, Per: time.Second}, d, "")
 	c := make(chan *phase, 1)
