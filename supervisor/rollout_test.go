@@ -52,7 +52,7 @@ func init() {
 	})
 }
 
-var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+var client = testkit.Client(10 * time.Second) // a new connection per request, each from its own source address
 
 // ask sends one request on a new connection and returns "pid generation".
 func ask(addr string) (string, error) {

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // load is clients sending GET / on a new connection each, until stopped.
@@ -26,7 +28,7 @@ type load struct {
 
 // startLoad starts clients goroutines, each sending at most 1e6 requests.
 func startLoad(url string, clients int) *load {
-	l := &load{errs: map[string]int{}, stop: make(chan struct{}), tr: &http.Transport{DisableKeepAlives: true}}
+	l := &load{errs: map[string]int{}, stop: make(chan struct{}), tr: &http.Transport{DisableKeepAlives: true, DialContext: testkit.DialLoopback}}
 	c := &http.Client{Transport: l.tr, Timeout: 5 * time.Second}
 	for range clients {
 		l.wg.Add(1)

@@ -2,11 +2,11 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // chaosDeadline bounds each request of chaosLoad, dial to last byte. A
@@ -74,8 +76,9 @@ func startChaosLoad(addr string, n int) *chaosLoad {
 func (l *chaosLoad) one(addr string) {
 	t0 := time.Now()
 	deadline := t0.Add(chaosDeadline)
-	d := net.Dialer{Deadline: deadline}
-	c, err := d.Dial("tcp", addr)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := testkit.DialLoopback(ctx, "tcp", addr)
 	if err != nil {
 		l.fail(&l.dial, "dial", err)
 		return

@@ -208,7 +208,7 @@ func children(pid int) []int {
 
 // client makes one new connection per request, so every request goes
 // through the shared accept queue.
-var client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+var client = testkit.Client(10 * time.Second) // a new connection per request, each from its own source address
 
 func get(url string) (string, error) {
 	resp, err := client.Get(url)
