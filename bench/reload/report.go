@@ -17,6 +17,7 @@ type phase struct {
 	latencies []time.Duration
 	sent      []time.Time    // when each request was sent, in latencies' order until quantile sorts
 	failed    []bool         // whether each request failed, in the same order
+	pids      []int          // the worker that answered each ("hello from pid N"; 0: unknown), in the same order
 	errs      map[string]int // failures by error, client ports elided
 	order     []string       // errs' keys, first seen first
 }
@@ -27,6 +28,11 @@ func (p *phase) add(r *vegeta.Result) {
 	p.latencies = append(p.latencies, r.Latency)
 	p.sent = append(p.sent, r.Timestamp)
 	p.failed = append(p.failed, r.Error != "")
+	pid := 0
+	if r.Error == "" {
+		fmt.Sscanf(string(r.Body), "hello from pid %d", &pid)
+	}
+	p.pids = append(p.pids, pid)
 	if e := clientPort.ReplaceAllString(r.Error, ":*->"); e != "" {
 		if p.errs[e]++; p.errs[e] == 1 {
 			p.order = append(p.order, e)
@@ -35,18 +41,26 @@ func (p *phase) add(r *vegeta.Result) {
 }
 
 // during returns the requests of p sent while a reload was under way (from
-// SIGHUP until the workers it stopped had exited). Call it before quantile.
-func (p *phase) during(reloads []reloadResult) *phase {
-	in := &phase{errs: map[string]int{}}
+// SIGHUP until the workers it stopped had exited), and of those the ones
+// answered by a worker that served before the reload (its generation, in
+// gens by pid, older than the reload's) and by one the reload started.
+// Call it before quantile.
+func (p *phase) during(reloads []reloadResult, gens map[int]int) (in, old, fresh *phase) {
+	in, old, fresh = &phase{errs: map[string]int{}}, &phase{errs: map[string]int{}}, &phase{errs: map[string]int{}}
 	for i, at := range p.sent {
 		for _, r := range reloads {
 			if !at.Before(r.at) && at.Before(r.at.Add(r.drained)) {
 				in.latencies = append(in.latencies, p.latencies[i])
+				if g, ok := gens[p.pids[i]]; ok && g < r.gen {
+					old.latencies = append(old.latencies, p.latencies[i])
+				} else if ok && g == r.gen {
+					fresh.latencies = append(fresh.latencies, p.latencies[i])
+				}
 				break
 			}
 		}
 	}
-	return in
+	return in, old, fresh
 }
 
 // perSecond counts the requests sent in each whole second from from to to
@@ -95,8 +109,11 @@ type result struct {
 	load           string // the load average when it began
 	steady, reload *phase
 	rollouts       *phase // the requests of reload sent during a rollout
-	recycles       int    // recycle scenario: workers recycled in the reload phase
-	maxWorkers     int    // upgrade scenario: most worker processes across masters, sampled every 5 ms
+	// Of those, the ones the workers that served before it answered, and
+	// the ones its new workers answered (the example app names its pid).
+	rolloutsOld, rolloutsNew *phase
+	recycles                 int // recycle scenario: workers recycled in the reload phase
+	maxWorkers               int // upgrade scenario: most worker processes across masters, sampled every 5 ms
 	// The storm scenario: HUPs sent, workers started and reloads that
 	// succeeded in the phase, the time from the last HUP to the pool
 	// serving its generation, and answered requests per second of the storm.
@@ -148,6 +165,15 @@ func (res *result) print(w io.Writer) {
 	if r := res.rollouts; r != nil && len(r.latencies) > 0 {
 		fmt.Fprintf(w, "%-7s %9d %7s %9s %9s %9s   (the reload phase's requests sent while a rollout was under way)\n", "rollout", len(r.latencies),
 			"-", ms(r.quantile(0.50)), ms(r.quantile(0.99)), ms(r.quantile(1)))
+		for _, x := range []struct {
+			name, what string
+			p          *phase
+		}{{" by old", "answered by workers that served before the reload", res.rolloutsOld}, {" by new", "answered by workers the reload started", res.rolloutsNew}} {
+			if x.p != nil && len(x.p.latencies) > 0 {
+				fmt.Fprintf(w, "%-7s %9d %7s %9s %9s %9s   (%s)\n", x.name, len(x.p.latencies),
+					"-", ms(x.p.quantile(0.50)), ms(x.p.quantile(0.99)), ms(x.p.quantile(1)), x.what)
+			}
+		}
 	}
 	printErrors(w, "failed", phases, res.counted)
 	if sc.appResets {
@@ -177,6 +203,9 @@ func (res *result) print(w io.Writer) {
 		fmt.Fprintf(w, "p99 reload/steady: %.2f", float64(res.reload.quantile(0.99))/float64(s))
 		if r := res.rollouts; r != nil && len(r.latencies) > 0 {
 			fmt.Fprintf(w, "; p99 rollout/steady: %.2f", float64(r.quantile(0.99))/float64(s))
+			if o := res.rolloutsOld; o != nil && len(o.latencies) > 0 {
+				fmt.Fprintf(w, " (by old workers: %.2f)", float64(o.quantile(0.99))/float64(s))
+			}
 		}
 		fmt.Fprintln(w)
 	}

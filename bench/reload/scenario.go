@@ -183,7 +183,14 @@ func (res *result) measure(m *master) error {
 	}
 	stop()
 	res.reload = <-reload
-	res.rollouts = res.reload.during(res.reloads)
+	gens := map[int]int{}
+	m.count(0, func(l logLine) bool {
+		if pid, ok := l["pid"].(float64); ok && l.msg() == "worker started" {
+			gens[int(pid)] = l.gen()
+		}
+		return false
+	})
+	res.rollouts, res.rolloutsOld, res.rolloutsNew = res.reload.during(res.reloads, gens)
 	return nil
 }
 
