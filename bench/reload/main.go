@@ -9,7 +9,10 @@
 //	go build -o bin/supervisor ./cmd/supervisor
 //	go run ./bench/reload -bin bin/supervisor -workers 2 -rate 1000 -reloads 15
 //
-// Scenarios: plain (the example app), broken (a deploy whose new workers
+// Scenarios: plain (the example app; after the reload phase, a floor
+// phase: as many rounds, at the same pace, of -workers bare execs of the
+// binary at nice -boot-nice, no supervisor involved, and the p99 of the
+// requests sent while they ran, what a rollout cannot beat), broken (a deploy whose new workers
 // exit 3 before ready: every reload rolls back, then a fixed deploy
 // succeeds), slow (--boot-delay 2s), recycle (the example app; one reload
 // turns on -max-requests and -max-requests-jitter, and the reload phase is

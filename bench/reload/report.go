@@ -112,8 +112,12 @@ type result struct {
 	// Of those, the ones the workers that served before it answered, and
 	// the ones its new workers answered (the example app names its pid).
 	rolloutsOld, rolloutsNew *phase
-	recycles                 int // recycle scenario: workers recycled in the reload phase
-	maxWorkers               int // upgrade scenario: most worker processes across masters, sampled every 5 ms
+	// floor: the requests sent while bare execs of the app's binary ran at
+	// boot_nice, no supervisor involved (measureFloor).
+	floor       *phase
+	floorFailed int // failed requests of the whole floor phase
+	recycles    int // recycle scenario: workers recycled in the reload phase
+	maxWorkers  int // upgrade scenario: most worker processes across masters, sampled every 5 ms
 	// The storm scenario: HUPs sent, workers started and reloads that
 	// succeeded in the phase, the time from the last HUP to the pool
 	// serving its generation, and answered requests per second of the storm.
@@ -134,6 +138,9 @@ func (res *result) problems() []string {
 		if n := p.count(res.counted); n > 0 {
 			out = append(out, fmt.Sprintf("%d failed requests in the %s phase", n, name))
 		}
+	}
+	if res.floorFailed > 0 {
+		out = append(out, fmt.Sprintf("%d failed requests in the floor phase", res.floorFailed))
 	}
 	if res.sc.recycle != nil && res.recycles == 0 {
 		out = append(out, "no worker was recycled")
@@ -175,6 +182,10 @@ func (res *result) print(w io.Writer) {
 			}
 		}
 	}
+	if f := res.floor; f != nil && len(f.latencies) > 0 {
+		fmt.Fprintf(w, "%-7s %9d %7s %9s %9s %9s   (requests sent while %d bare execs of the binary ran at nice %d, no supervisor involved)\n", "floor", len(f.latencies),
+			"-", ms(f.quantile(0.50)), ms(f.quantile(0.99)), ms(f.quantile(1)), res.o.workers, res.o.bootNice)
+	}
 	printErrors(w, "failed", phases, res.counted)
 	if sc.appResets {
 		n := res.reload.count(isReset)
@@ -205,6 +216,9 @@ func (res *result) print(w io.Writer) {
 			fmt.Fprintf(w, "; p99 rollout/steady: %.2f", float64(r.quantile(0.99))/float64(s))
 			if o := res.rolloutsOld; o != nil && len(o.latencies) > 0 {
 				fmt.Fprintf(w, " (by old workers: %.2f)", float64(o.quantile(0.99))/float64(s))
+			}
+			if f := res.floor; f != nil && len(f.latencies) > 0 {
+				fmt.Fprintf(w, "; p99 floor/steady: %.2f", float64(f.quantile(0.99))/float64(s))
 			}
 		}
 		fmt.Fprintln(w)

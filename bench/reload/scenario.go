@@ -39,6 +39,8 @@ type scenario struct {
 	// storm: the reload phase is a HUP every o.stormEvery for o.stormFor,
 	// each sent without waiting for the one before, then the pool settling.
 	storm bool
+	// floor: after the reload phase, a floor phase (measureFloor).
+	floor bool
 }
 
 // scenariosNamed returns the runs of the scenario called name.
@@ -46,7 +48,7 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 	switch name {
 	case "plain":
 		return []scenario{{name: name, title: "plain: the example app",
-			args: []string{"--", o.bin, "example-app"}, keepalive: o.keepalive}}
+			args: []string{"--", o.bin, "example-app"}, keepalive: o.keepalive, floor: true}}
 	case "broken":
 		script, marker := filepath.Join(tmp, "deploy.sh"), filepath.Join(tmp, "deploy-is-broken")
 		return []scenario{{name: name, title: "broken: a deploy whose new workers exit 3 before ready",
@@ -183,6 +185,9 @@ func (res *result) measure(m *master) error {
 	}
 	stop()
 	res.reload = <-reload
+	if sc.floor {
+		res.measureFloor(addr)
+	}
 	gens := map[int]int{}
 	m.count(0, func(l logLine) bool {
 		if pid, ok := l["pid"].(float64); ok && l.msg() == "worker started" {
@@ -214,6 +219,36 @@ func sampleWorkers(m *master) (quit chan struct{}, most <-chan int) {
 		}
 	}()
 	return quit, out
+}
+
+// measureFloor measures what merely starting the new workers' program
+// costs the serving workers: as many times as there were reloads, at the
+// same pace, it runs -workers bare execs of `BIN version` at once, at nice
+// boot_nice (through nice(1)), no supervisor involved, and keeps the
+// requests sent while they ran. A rollout cannot do better than this.
+func (res *result) measureFloor(addr string) {
+	o := res.o
+	stop, done := attack(addr, o.rate, res.sc.keepalive, time.Duration(3*o.reloads+6)*stepTimeout) // bounded all the same
+	var windows []reloadResult
+	for range o.reloads {
+		began := time.Now()
+		cmds := make([]*exec.Cmd, o.workers)
+		for i := range cmds {
+			cmds[i] = exec.Command("nice", "-n", strconv.Itoa(o.bootNice), o.bin, "version")
+			_ = cmds[i].Start()
+		}
+		for _, c := range cmds {
+			if c.Process != nil {
+				_ = c.Wait()
+			}
+		}
+		windows = append(windows, reloadResult{at: began, drained: time.Since(began)})
+		time.Sleep(o.interval - time.Since(began))
+	}
+	stop()
+	all := <-done
+	res.floorFailed = all.count(res.counted)
+	res.floor, _, _ = all.during(windows, nil)
 }
 
 // measureRecycling turns recycling on with one reload, then attacks for
