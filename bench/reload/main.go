@@ -12,9 +12,9 @@
 // Scenarios: plain (the example app; after the reload phase, a floor
 // phase: as many rounds, at the same pace, of -workers bare execs of the
 // binary at nice -boot-nice, no supervisor involved, and the p99 of the
-// requests sent while they ran, what a rollout cannot beat), broken (a deploy whose new workers
-// exit 3 before ready: every reload rolls back, then a fixed deploy
-// succeeds), slow (--boot-delay 2s), recycle (the example app; one reload
+// requests sent while they ran: the execs' own cost), broken (a deploy
+// whose new workers exit 3 before ready: every reload rolls back, then a
+// fixed deploy succeeds), slow (--boot-delay 2s), recycle (the example app; one reload
 // turns on -max-requests and -max-requests-jitter, and the reload phase is
 // then -recycle-for of recycling with no reload, counting the workers
 // recycled), uvicorn (unmodified, Debian's python3-uvicorn; with

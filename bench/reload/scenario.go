@@ -225,7 +225,8 @@ func sampleWorkers(m *master) (quit chan struct{}, most <-chan int) {
 // costs the serving workers: as many times as there were reloads, at the
 // same pace, it runs -workers bare execs of `BIN version` at once, at nice
 // boot_nice (through nice(1)), no supervisor involved, and keeps the
-// requests sent while they ran. A rollout cannot do better than this.
+// requests sent while they ran: what the execs of a rollout cost the
+// serving workers by themselves, to hold a rollout's figures against.
 func (res *result) measureFloor(addr string) {
 	o := res.o
 	stop, done := attack(addr, o.rate, res.sc.keepalive, time.Duration(3*o.reloads+6)*stepTimeout) // bounded all the same
