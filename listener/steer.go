@@ -1,0 +1,116 @@
+package listener
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Steering (DESIGN §8): every generation listens on its own SO_REUSEPORT
+// socket, all in one reuseport group, and one classic BPF program on the
+// group picks the socket of each new connection. The kernel runs it on the
+// SYN and takes its return value as an index into the group, in the order
+// the sockets joined it (a closed socket's index goes to the last one); an
+// index past the group's size falls back to the kernel's own hash.
+
+// skfNetOff is linux/filter.h's SKF_NET_OFF: loads relative to it read the
+// network header. A reuseport program's packet starts after the TCP header.
+const skfNetOff = -0x100000
+
+// Steer is what the group's program does with a new connection.
+type Steer struct {
+	// Weights are by socket index: a new connection goes to index i with
+	// probability Weights[i]/sum (a generation's ready workers, say). A
+	// zero weight gets none. At least one weight must be non-zero.
+	Weights []uint32
+	// ProbePort, when non-zero, sends every connection from that TCP
+	// source port to ProbeIndex, whatever the weights: a probe of a
+	// generation that has no weight yet.
+	ProbePort  uint16
+	ProbeIndex uint32
+	// IPv6 says where the TCP header starts: after 40 bytes of IPv6
+	// header instead of 20 of IPv4 (without options, as a SYN from Linux
+	// has them).
+	IPv6 bool
+}
+
+// maxSteerSockets keeps the program well under the kernel's 4,096
+// instructions (BPF_MAXINSNS): each socket costs two.
+const maxSteerSockets = 1024
+
+// Program is the steering program, ready for Attach.
+func (s Steer) Program() ([]unix.SockFilter, error) {
+	var sum uint64
+	for _, w := range s.Weights {
+		sum += uint64(w)
+	}
+	switch {
+	case len(s.Weights) == 0 || sum == 0:
+		return nil, errors.New("steer: no socket has a weight")
+	case len(s.Weights) > maxSteerSockets:
+		return nil, fmt.Errorf("steer: %d sockets, at most %d", len(s.Weights), maxSteerSockets)
+	case sum > 1<<31:
+		return nil, fmt.Errorf("steer: weights sum to %d, at most 2^31", sum)
+	}
+	var prog []bpf.Instruction
+	if s.ProbePort != 0 {
+		tcp := uint32(20)
+		if s.IPv6 {
+			tcp = 40
+		}
+		prog = append(prog,
+			bpf.LoadAbsolute{Off: uint32(int32(skfNetOff) + int32(tcp)), Size: 2}, // the TCP source port
+			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(s.ProbePort), SkipFalse: 0, SkipTrue: 1},
+			bpf.RetConstant{Val: s.ProbeIndex},
+		)
+	}
+	// A = random % sum; the first socket whose cumulative weight exceeds
+	// A takes the connection. Sockets of weight 0 never match.
+	prog = append(prog,
+		bpf.LoadExtension{Num: bpf.ExtRand},
+		bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: uint32(sum)},
+	)
+	last := 0
+	for i, w := range s.Weights {
+		if w > 0 {
+			last = i
+		}
+	}
+	var cum uint32
+	for i, w := range s.Weights[:last] {
+		if w == 0 {
+			continue
+		}
+		cum += w
+		// if A < cum: return i (the RetConstant right after), else go on.
+		prog = append(prog,
+			bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: cum, SkipTrue: 1},
+			bpf.RetConstant{Val: uint32(i)},
+		)
+	}
+	prog = append(prog, bpf.RetConstant{Val: uint32(last)})
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		return nil, fmt.Errorf("steer: %w", err)
+	}
+	out := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	return out, nil
+}
+
+// Attach sets prog as the program of the reuseport group that fd belongs
+// to (any member will do; it replaces the one before).
+func Attach(fd int, prog []unix.SockFilter) error {
+	if len(prog) == 0 {
+		return errors.New("steer: empty program")
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog); err != nil {
+		return fmt.Errorf("steer: setsockopt SO_ATTACH_REUSEPORT_CBPF: %w", err)
+	}
+	return nil
+}

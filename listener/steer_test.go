@@ -1,0 +1,207 @@
+package listener
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// reuseportGroup makes n plain-TCP listening sockets on one port of addr
+// (127.0.0.1 or ::1), non-blocking, in one reuseport group, in join order.
+func reuseportGroup(t *testing.T, addr netip.Addr, n int) (fds []int, port int) {
+	t.Helper()
+	family := unix.AF_INET
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	for range n {
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, sockaddr(addr, port)); err != nil {
+			if addr.Is6() && errors.Is(err, unix.EADDRNOTAVAIL) {
+				t.Skip("no IPv6 loopback here")
+			}
+			t.Fatal(err)
+		}
+		if err := unix.Listen(fd, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if port == 0 {
+			port = localPort(t, fd)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, port
+}
+
+func sockaddr(addr netip.Addr, port int) unix.Sockaddr {
+	if addr.Is6() {
+		return &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
+	}
+	return &unix.SockaddrInet4{Port: port, Addr: addr.As4()}
+}
+
+func localPort(t *testing.T, fd int) int {
+	t.Helper()
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return sa.Port
+	case *unix.SockaddrInet6:
+		return sa.Port
+	}
+	t.Fatalf("getsockname: %T", sa)
+	return 0
+}
+
+// connectOnce connects to addr:port (from srcPort if non-zero), and returns
+// the index of the listener in fds whose queue the connection landed in.
+// The connection is reset on close, so no TIME_WAIT is left behind.
+func connectOnce(t *testing.T, fds []int, addr netip.Addr, port, srcPort int) int {
+	t.Helper()
+	family := unix.AF_INET
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	c, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(c)
+	if err := unix.SetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if srcPort != 0 {
+		if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(c, sockaddr(addr, srcPort)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Connect(c, sockaddr(addr, port)); err != nil { // blocking: the handshake is done when it returns
+		t.Fatal(err)
+	}
+	landed := -1
+	for i, fd := range fds {
+		s, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		if errors.Is(err, unix.EAGAIN) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(s)
+		if landed >= 0 {
+			t.Fatalf("one connection accepted on listeners %d and %d", landed, i)
+		}
+		landed = i
+	}
+	if landed < 0 {
+		t.Fatal("a connection was in no listener's queue")
+	}
+	return landed
+}
+
+// TestSteerWeightsAgainstTheKernel: the program attached to a real
+// reuseport group splits 2,000 connections in proportion to the weights
+// (within 5 standard deviations), and a socket of weight 0 gets none.
+func TestSteerWeightsAgainstTheKernel(t *testing.T) {
+	addr := netip.MustParseAddr("127.0.0.1")
+	fds, port := reuseportGroup(t, addr, 3)
+	prog, err := Steer{Weights: []uint32{1, 0, 3}}.Program()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Attach(fds[1], prog); err != nil { // any member sets the group's program
+		t.Fatal(err)
+	}
+	const n = 2000
+	got := make([]int, len(fds))
+	for range n {
+		got[connectOnce(t, fds, addr, port, 0)]++
+	}
+	// Binomial: 500 ± 19.4 (p = 1/4) and 1500 ± 19.4.
+	t.Logf("accepts by socket: %v", got)
+	if got[1] != 0 || got[0] < 500-100 || got[0] > 500+100 || got[0]+got[2] != n {
+		t.Errorf("accepts by socket %v: want about [500 0 1500]", got)
+	}
+}
+
+// TestSteerProbePort: a connection from the probe port lands on the probe
+// index, though that socket has no weight, over IPv4 and IPv6 (where the
+// TCP header starts 40 bytes in, not 20).
+func TestSteerProbePort(t *testing.T) {
+	for _, a := range []string{"127.0.0.1", "::1"} {
+		t.Run(a, func(t *testing.T) {
+			addr := netip.MustParseAddr(a)
+			fds, port := reuseportGroup(t, addr, 2)
+			probe := probePort(t, addr)
+			prog, err := Steer{Weights: []uint32{1, 0}, ProbePort: uint16(probe), ProbeIndex: 1, IPv6: addr.Is6()}.Program()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Attach(fds[0], prog); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 5 {
+				if got := connectOnce(t, fds, addr, port, probe); got != 1 {
+					t.Fatalf("probe %d landed on socket %d, want 1", i, got)
+				}
+				if got := connectOnce(t, fds, addr, port, 0); got != 0 {
+					t.Fatalf("connection %d (not the probe port) landed on socket %d, want 0", i, got)
+				}
+			}
+		})
+	}
+}
+
+// probePort finds a source port that is free now.
+func probePort(t *testing.T, addr netip.Addr) int {
+	t.Helper()
+	family := unix.AF_INET
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, sockaddr(addr, 0)); err != nil {
+		t.Fatal(err)
+	}
+	return localPort(t, fd)
+}
+
+func TestSteerProgramErrors(t *testing.T) {
+	for _, c := range []struct {
+		s    Steer
+		want string
+	}{
+		{Steer{}, "no socket has a weight"},
+		{Steer{Weights: []uint32{0, 0}}, "no socket has a weight"},
+		{Steer{Weights: make([]uint32, maxSteerSockets+1)}, "sockets, at most"},
+		{Steer{Weights: []uint32{1 << 31, 1 << 31}}, "at most 2^31"},
+	} {
+		if c.s.Weights != nil && len(c.s.Weights) > 2 {
+			c.s.Weights[0] = 1
+		}
+		_, err := c.s.Program()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%d weights: error %v, want one containing %q", len(c.s.Weights), err, c.want)
+		}
+	}
+}
