@@ -114,3 +114,19 @@ func Attach(fd int, prog []unix.SockFilter) error {
 	}
 	return nil
 }
+
+// QueueLen is the number of connections in the accept queue of listening
+// TCP socket fd, established and not yet accepted (TCP_INFO's tcpi_unacked,
+// which on a listener counts the accept queue): a generation whose socket
+// gets no new connections is drained once it reaches 0.
+func QueueLen(fd int) (int, error) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, fmt.Errorf("getsockopt TCP_INFO: %w", err)
+	}
+	const tcpListen = 10 // include/net/tcp_states.h
+	if ti.State != tcpListen {
+		return 0, fmt.Errorf("fd %d is not a listening TCP socket (state %d)", fd, ti.State)
+	}
+	return int(ti.Unacked), nil
+}

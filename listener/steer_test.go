@@ -205,3 +205,37 @@ func TestSteerProgramErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueLen: the accept queue of a real listener, as connections arrive
+// and are accepted; a socket that is not listening is an error.
+func TestQueueLen(t *testing.T) {
+	addr := netip.MustParseAddr("127.0.0.1")
+	fds, port := reuseportGroup(t, addr, 1)
+	want := func(n int) {
+		t.Helper()
+		if got, err := QueueLen(fds[0]); err != nil || got != n {
+			t.Fatalf("QueueLen = %d, %v; want %d", got, err, n)
+		}
+	}
+	want(0)
+	for range 3 {
+		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(c)
+		if err := unix.Connect(c, sockaddr(addr, port)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want(3)
+	s, _, err := unix.Accept4(fds[0], unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(2)
+	if _, err := QueueLen(s); err == nil || !strings.Contains(err.Error(), "not a listening") {
+		t.Errorf("QueueLen of an accepted connection: %v, want an error", err)
+	}
+	unix.Close(s)
+}
