@@ -61,8 +61,8 @@ func (s Steer) Program() ([]unix.SockFilter, error) {
 			tcp = 40
 		}
 		prog = append(prog,
-			bpf.LoadAbsolute{Off: uint32(int32(skfNetOff) + int32(tcp)), Size: 2}, // the TCP source port
-			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(s.ProbePort), SkipFalse: 0, SkipTrue: 1},
+			bpf.LoadAbsolute{Off: uint32(int32(skfNetOff) + int32(tcp)), Size: 2},     // the TCP source port
+			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(s.ProbePort), SkipTrue: 1}, // not the probe: skip its return
 			bpf.RetConstant{Val: s.ProbeIndex},
 		)
 	}

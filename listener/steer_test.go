@@ -43,6 +43,20 @@ func reuseportGroup(t *testing.T, addr netip.Addr, n int) (fds []int, port int) 
 	return fds, port
 }
 
+// tcpSocket is a new blocking TCP socket of addr's family.
+func tcpSocket(t *testing.T, addr netip.Addr) int {
+	t.Helper()
+	family := unix.AF_INET
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
 func sockaddr(addr netip.Addr, port int) unix.Sockaddr {
 	if addr.Is6() {
 		return &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
@@ -71,14 +85,7 @@ func localPort(t *testing.T, fd int) int {
 // The connection is reset on close, so no TIME_WAIT is left behind.
 func connectOnce(t *testing.T, fds []int, addr netip.Addr, port, srcPort int) int {
 	t.Helper()
-	family := unix.AF_INET
-	if addr.Is6() {
-		family = unix.AF_INET6
-	}
-	c, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := tcpSocket(t, addr)
 	defer unix.Close(c)
 	if err := unix.SetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
 		t.Fatal(err)
@@ -171,14 +178,7 @@ func TestSteerProbePort(t *testing.T) {
 // probePort finds a source port that is free now.
 func probePort(t *testing.T, addr netip.Addr) int {
 	t.Helper()
-	family := unix.AF_INET
-	if addr.Is6() {
-		family = unix.AF_INET6
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fd := tcpSocket(t, addr)
 	defer unix.Close(fd)
 	if err := unix.Bind(fd, sockaddr(addr, 0)); err != nil {
 		t.Fatal(err)
@@ -219,10 +219,7 @@ func TestQueueLen(t *testing.T) {
 	}
 	want(0)
 	for range 3 {
-		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := tcpSocket(t, addr)
 		defer unix.Close(c)
 		if err := unix.Connect(c, sockaddr(addr, port)); err != nil {
 			t.Fatal(err)

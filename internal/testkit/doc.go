@@ -1,10 +1,11 @@
 // Package testkit is what the packages' tests share: one way to re-run the
 // test binary as a named helper process (Go's os/exec tests do the same),
-// bounded waits, a copy of the test binary another user can run, and a
-// process liveness check.
+// bounded waits, a copy of the test binary another user can run, a
+// process liveness check, and a loopback dialer for load loops
+// (DialLoopback).
 //
-// It is imported only from _test.go files; nothing the supervisor ships
-// depends on it.
+// It is imported only from _test.go files and the benchmarks (bench/);
+// nothing the supervisor ships depends on it.
 //
 // Every package's TestMain is
 //
