@@ -351,7 +351,9 @@ func TestPID1ReapsOrphans(t *testing.T) {
 	script := writeScript(t, fmt.Sprintf("(sleep 0.2 &)\nexec %s example-app\n", self(t)))
 	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
 		self(t), "--bind", "127.0.0.1:0", "--workers", "2", "--", script)
-	cmd.Env = append(os.Environ(), testkit.Use("supervisor"))
+	// A control socket of its own, not the machine's /run/supervisor one
+	// (another master there made this test fail).
+	cmd.Env = append(os.Environ(), testkit.Use("supervisor"), "XDG_RUNTIME_DIR="+t.TempDir())
 	p := startCmd(t, cmd)
 	addr := p.ready()
 	var master int
