@@ -1,0 +1,99 @@
+package workers
+
+import (
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
+)
+
+// inodeOf is the socket inode of an accepted connection.
+func inodeOf(t *testing.T, c net.Conn) uint64 {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return st.Ino
+}
+
+// TestUnread: an accepted connection whose request has arrived but not
+// been read is reported, over IPv4 and IPv6, and still is once the client
+// has shut down its side (CLOSE_WAIT); once read it is not; a socket
+// outside the set never is.
+func TestUnread(t *testing.T) {
+	for _, network := range []string{"tcp4", "tcp6"} {
+		t.Run(network, func(t *testing.T) {
+			host := "127.0.0.1:0"
+			if network == "tcp6" {
+				host = "[::1]:0"
+			}
+			ln, err := net.Listen(network, host)
+			if err != nil {
+				t.Skip(err)
+			}
+			defer ln.Close()
+			client, err := net.Dial(network, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			server, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer server.Close()
+			mine := map[uint64]bool{inodeOf(t, server): true}
+			count := func() int {
+				got, err := Unread(mine)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(got)
+			}
+			if n := count(); n != 0 {
+				t.Fatalf("before any request: %d unread, want 0", n)
+			}
+			if _, err := client.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			testkit.WaitFor(t, 5*time.Second, "the request to show as unread", func() bool { return count() == 1 })
+			if got, err := Unread(map[uint64]bool{inodeOf(t, server) + 1: true}); err != nil || len(got) != 0 {
+				t.Errorf("another inode: %v, %v; want none", got, err)
+			}
+			if err := client.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			testkit.WaitFor(t, 5*time.Second, "the FIN to arrive", func() bool {
+				// CLOSE_WAIT: the request is still there to read.
+				return count() == 1
+			})
+			buf := make([]byte, 64)
+			if _, err := server.Read(buf); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(); n != 0 {
+				t.Fatalf("after reading: %d unread, want 0", n)
+			}
+		})
+	}
+}
+
+// BenchmarkUnread: one call, both families, on this host as it is.
+func BenchmarkUnread(b *testing.B) {
+	for b.Loop() {
+		if _, err := Unread(map[uint64]bool{1: true}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
