@@ -17,8 +17,10 @@ import (
 
 // bindTCP creates a plain-TCP (never MPTCP) listening socket. An IPv4
 // literal binds IPv4 only and an IPv6 literal IPv6 only; an empty host or a
-// name uses Go's "tcp" choice (":PORT" is a dual-stack [::] socket).
-func bindTCP(a Addr) (*Socket, error) {
+// name uses Go's "tcp" choice (":PORT" is a dual-stack [::] socket). With
+// reuseport it sets SO_REUSEPORT before binding, so that Sibling can add
+// sockets to its reuseport group (steering, DESIGN §8).
+func bindTCP(a Addr, reuseport bool) (*Socket, error) {
 	network := "tcp"
 	if host, _, err := net.SplitHostPort(a.Address); err == nil {
 		if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
@@ -35,6 +37,9 @@ func bindTCP(a Addr) (*Socket, error) {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			if serr == nil && reuseport {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}
 		})
 		return cmp.Or(err, serr)
 	}}

@@ -2,11 +2,16 @@ package listener
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
 
 // reuseportGroup makes n plain-TCP listening sockets on one port of addr
@@ -81,32 +86,52 @@ func localPort(t *testing.T, fd int) int {
 }
 
 // connectOnce connects to addr:port (from srcPort if non-zero), and returns
-// the index of the listener in fds whose queue the connection landed in.
+// the index of the listener in fds whose queue the connection landed in,
+// found with poll(2), so blocking listeners do too.
 // The connection is reset on close, so no TIME_WAIT is left behind.
 func connectOnce(t *testing.T, fds []int, addr netip.Addr, port, srcPort int) int {
 	t.Helper()
-	c := tcpSocket(t, addr)
-	defer unix.Close(c)
-	if err := unix.SetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
-		t.Fatal(err)
-	}
+	d := net.Dialer{Timeout: 5 * time.Second}
 	if srcPort != 0 {
-		if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Bind(c, sockaddr(addr, srcPort)); err != nil {
-			t.Fatal(err)
+		d.LocalAddr = &net.TCPAddr{IP: addr.AsSlice(), Port: srcPort}
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) }); err != nil {
+				return err
+			}
+			return serr
 		}
 	}
-	if err := unix.Connect(c, sockaddr(addr, port)); err != nil { // blocking: the handshake is done when it returns
+	c, err := d.Dial("tcp", netip.AddrPortFrom(addr, uint16(port)).String())
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.(*net.TCPConn).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	// The handshake's last ACK may still be on its way to the listener
+	// when connect returns: wait (5 s at most) for a queue to hold it.
+	pfds := make([]unix.PollFd, len(fds))
+	for i, fd := range fds {
+		pfds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		n, err := unix.Poll(pfds, int(time.Until(deadline).Milliseconds()))
+		if errors.Is(err, unix.EINTR) && time.Now().Before(deadline) {
+			continue // the runtime's preemption signal
+		}
+		if err != nil || n == 0 {
+			t.Fatalf("no listener's queue held the connection within 5s (poll: %d, %v)", n, err)
+		}
+		break
 	}
 	landed := -1
 	for i, fd := range fds {
-		s, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
-		if errors.Is(err, unix.EAGAIN) {
+		if pfds[i].Revents&unix.POLLIN == 0 {
 			continue
 		}
+		s, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,13 +244,17 @@ func TestQueueLen(t *testing.T) {
 	}
 	want(0)
 	for range 3 {
-		c := tcpSocket(t, addr)
-		defer unix.Close(c)
-		if err := unix.Connect(c, sockaddr(addr, port)); err != nil {
+		c, err := net.Dial("tcp", netip.AddrPortFrom(addr, uint16(port)).String())
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer c.Close()
 	}
-	want(3)
+	// Each connection is queued once the handshake's last ACK is in.
+	testkit.WaitFor(t, 5*time.Second, "3 connections in the queue", func() bool {
+		n, err := QueueLen(fds[0])
+		return err == nil && n == 3
+	})
 	s, _, err := unix.Accept4(fds[0], unix.SOCK_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
