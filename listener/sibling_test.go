@@ -16,15 +16,7 @@ import (
 func TestSibling(t *testing.T) {
 	for _, bind := range []string{"127.0.0.1:0", ":0"} {
 		t.Run(bind, func(t *testing.T) {
-			a, err := Parse(bind)
-			if err != nil {
-				t.Fatal(err)
-			}
-			orig, err := bindTCP(a, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer orig.Close()
+			orig := bindFor(t, bind, true)
 			sib, err := orig.Sibling()
 			if err != nil {
 				t.Fatal(err)
@@ -69,16 +61,23 @@ func TestSibling(t *testing.T) {
 	}
 }
 
+// bindFor binds the --bind value bind with bindTCP, closed when the test ends.
+func bindFor(t *testing.T, bind string, reuseport bool) *Socket {
+	t.Helper()
+	a, err := Parse(bind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bindTCP(a, reuseport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func TestSiblingRefused(t *testing.T) {
-	a, err := Parse("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := bindTCP(a, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plain.Close()
+	plain := bindFor(t, "127.0.0.1:0", false)
 	if _, err := plain.Sibling(); err == nil || !strings.Contains(err.Error(), "without SO_REUSEPORT") {
 		t.Errorf("sibling of a socket without SO_REUSEPORT: %v, want an error saying so", err)
 	}

@@ -63,13 +63,22 @@ func unreadFamily(family uint8, inodes, out map[uint64]bool) error {
 	body := req[unix.NLMSG_HDRLEN:]
 	body[0], body[1] = family, unix.IPPROTO_TCP
 	ne.PutUint32(body[4:], 1<<tcpEstablished|1<<tcpCloseWait)
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	// Both calls retry EINTR, as proc.go's reads do: the Go runtime's
+	// preemption signal can land while the kernel builds a batch.
+	err = unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+	for err == unix.EINTR {
+		err = unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+	}
+	if err != nil {
 		return fmt.Errorf("sock_diag: send: %w", err)
 	}
 
 	buf := make([]byte, 64<<10)
 	for {
 		got, _, err := unix.Recvfrom(fd, buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("sock_diag: receive: %w", err)
 		}

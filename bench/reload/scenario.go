@@ -186,7 +186,9 @@ func (res *result) measure(m *master) error {
 	stop()
 	res.reload = <-reload
 	if sc.floor {
-		res.measureFloor(addr)
+		if err := res.measureFloor(addr); err != nil {
+			return err
+		}
 	}
 	gens := map[int]int{}
 	m.count(0, func(l logLine) bool {
@@ -227,21 +229,30 @@ func sampleWorkers(m *master) (quit chan struct{}, most <-chan int) {
 // boot_nice (through nice(1)), no supervisor involved, and keeps the
 // requests sent while they ran: what the execs of a rollout cost the
 // serving workers by themselves, to hold a rollout's figures against.
-func (res *result) measureFloor(addr string) {
+func (res *result) measureFloor(addr string) error {
 	o := res.o
 	stop, done := attack(addr, o.rate, res.sc.keepalive, time.Duration(3*o.reloads+6)*stepTimeout) // bounded all the same
+	defer stop()
 	var windows []reloadResult
 	for range o.reloads {
 		began := time.Now()
 		cmds := make([]*exec.Cmd, o.workers)
+		var err error
 		for i := range cmds {
 			cmds[i] = exec.Command("nice", "-n", strconv.Itoa(o.bootNice), o.bin, "version")
-			_ = cmds[i].Start()
+			if serr := cmds[i].Start(); serr != nil && err == nil {
+				err = fmt.Errorf("floor: %w", serr)
+			}
 		}
 		for _, c := range cmds {
 			if c.Process != nil {
-				_ = c.Wait()
+				if werr := c.Wait(); werr != nil && err == nil {
+					err = fmt.Errorf("floor: %s: %w", c, werr)
+				}
 			}
+		}
+		if err != nil {
+			return err // the floor is only a floor if every exec ran
 		}
 		windows = append(windows, reloadResult{at: began, drained: time.Since(began)})
 		time.Sleep(o.interval - time.Since(began))
@@ -250,6 +261,7 @@ func (res *result) measureFloor(addr string) {
 	all := <-done
 	res.floorFailed = all.count(res.counted)
 	res.floor, _, _ = all.during(windows, nil)
+	return nil
 }
 
 // measureRecycling turns recycling on with one reload, then attacks for
