@@ -3,6 +3,7 @@ package supervisor
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/supervisor-dev/supervisor/workers"
 	"go.uber.org/zap"
@@ -55,12 +56,28 @@ func (m *master) niceFor(cfg *Resolved) int {
 	return cfg.BootNice
 }
 
-// unnice sets a worker that started niced back to the master's priority.
+// reniceAgain is how long after setting a ready worker back the master
+// does it once more. setpriority(PRIO_PGRP) sets the threads it finds; a
+// thread being created at that moment by a still-niced one copied the
+// boot priority before it joined the group, and is not found. Once that
+// clone has finished (microseconds), a second call sets it too, and any
+// thread created after the first call inherits the master's priority.
+// TestBootNiceUntilReady caught such a thread left at nice 10.
+const reniceAgain = 50 * time.Millisecond
+
+// unnice sets a worker that started niced back to the master's priority,
+// and schedules the second call (onTick, worker.reniceAt).
 func (m *master) unnice(w *worker) {
 	if !w.niced {
 		return
 	}
 	w.niced = false
+	m.renice(w)
+	w.reniceAt = m.env.now().Add(reniceAgain)
+}
+
+// renice sets a worker's whole group to the master's nice value.
+func (m *master) renice(w *worker) {
 	if err := m.env.renice(w.proc, m.nice.base); err != nil {
 		m.log.Warn("boot_nice: worker not set back to the master's priority", append(w.fields(), zap.Error(err))...)
 	}

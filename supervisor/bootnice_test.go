@@ -3,8 +3,10 @@ package supervisor
 import "testing"
 
 // With boot_nice, every worker starts that much nicer and is set back to
-// the master's nice value when it is ready, not before; where the master
-// may not set it back, workers start at its priority.
+// the master's nice value when it is ready, not before, and once more
+// reniceAgain later (a thread forked during the first call), then never
+// again; where the master may not set it back, workers start at its
+// priority.
 func TestSimBootNice(t *testing.T) {
 	s := buildSim(t, func(c *Config) { c.Workers, c.BootNice = 2, 7 })
 	s.m.nice = bootNice{base: 3, ok: true}
@@ -25,6 +27,16 @@ func TestSimBootNice(t *testing.T) {
 	s.ready(starting[1])
 	if len(s.reniced) != 2 {
 		t.Errorf("reniced %v, want both workers", s.reniced)
+	}
+	if s.renices[starting[0]] != 1 {
+		t.Errorf("worker %d reniced %d times at ready, want 1", starting[0], s.renices[starting[0]])
+	}
+	s.tick(reniceAgain)
+	s.tick(10 * reniceAgain)
+	for _, pid := range starting {
+		if s.renices[pid] != 2 || s.reniced[pid] != 3 {
+			t.Errorf("worker %d reniced %d times, last to %d; want twice, to 3", pid, s.renices[pid], s.reniced[pid])
+		}
 	}
 
 	off := buildSim(t, func(c *Config) { c.Workers, c.BootNice = 1, 7 })

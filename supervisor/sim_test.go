@@ -31,6 +31,7 @@ type sim struct {
 	spawned int         // processes started so far
 	nices   map[int]int // pid -> the Spec.Nice it was started with
 	reniced map[int]int // pid -> the nice value renice set its group to
+	renices map[int]int // pid -> how many times renice was called
 	failing bool        // spawn fails
 	trims   int         // memory trims the master asked for
 
@@ -73,9 +74,9 @@ func buildSim(t testing.TB, edit func(*Config)) *sim {
 	}
 	core, logs := observer.New(zap.InfoLevel)
 	s := &sim{t: t, now: time.Unix(1_000_000, 0), next: 100, procs: map[int]*simProc{}, logs: logs}
-	s.nices, s.reniced = map[int]int{}, map[int]int{}
+	s.nices, s.reniced, s.renices = map[int]int{}, map[int]int{}, map[int]int{}
 	e := env{spawn: s.spawn, signal: s.signal, now: func() time.Time { return s.now }, rand: func(n int64) int64 { return n / 2 },
-		renice: func(p *workers.Process, nice int) error { s.reniced[p.Pid] = nice; return nil },
+		renice: func(p *workers.Process, nice int) error { s.reniced[p.Pid] = nice; s.renices[p.Pid]++; return nil },
 		trim:   func() { s.trims++ }}
 	opts := Options{
 		Log:  zap.New(core),

@@ -18,6 +18,7 @@ import (
 //   - worker.readyBy, worker.delayedReadyAt: a starting worker's ready
 //     timeout, or its --ready delay;
 //   - worker.heartbeatBy: a ready worker's next WATCHDOG=1 (--timeout);
+//   - worker.reniceAt: a ready worker's second setting back (boot_nice);
 //   - worker.killAt: a stopping worker's SIGKILL;
 //   - worker.retireAt: a ready worker's max_lifetime, unless it is already
 //     being recycled.
@@ -29,7 +30,7 @@ func (m *master) nextDeadline() (time.Time, bool) {
 		ts = append(ts, at)
 	}
 	for _, w := range m.workers {
-		ts = append(ts, w.readyBy, w.delayedReadyAt, w.heartbeatBy, w.killAt)
+		ts = append(ts, w.readyBy, w.delayedReadyAt, w.heartbeatBy, w.killAt, w.reniceAt)
 		if w.state == wReady && w.recycleReason == "" {
 			ts = append(ts, w.retireAt)
 		}
@@ -66,6 +67,10 @@ func (m *master) onTick(now time.Time) {
 		}
 	}
 	for _, w := range m.workers {
+		if reached(w.reniceAt, now) {
+			w.reniceAt = time.Time{}
+			m.renice(w)
+		}
 		if w.state == wReady && reached(w.retireAt, now) {
 			m.recycle(w, recycleLifetime, zap.Duration("age", now.Sub(w.proc.Started)))
 		}

@@ -36,6 +36,7 @@ type worker struct {
 	heartbeatBy    time.Time // ready, with a heartbeat: WATCHDOG=1 is due by then
 	killAt         time.Time // stopping: SIGKILL to its group then (zero once sent)
 	retireAt       time.Time // recycled for max_lifetime then (zero: no limit)
+	reniceAt       time.Time // ready after boot_nice: its group set back once more then (bootnice.go)
 
 	// How it is ending, for the exit and drain metrics.
 	drainFrom time.Time // when it was first asked to stop, or said STOPPING=1
@@ -67,7 +68,7 @@ func (w *worker) setState(s wstate) {
 		w.readyBy, w.delayedReadyAt = time.Time{}, time.Time{}
 	}
 	if s != wReady {
-		w.heartbeatBy = time.Time{}
+		w.heartbeatBy, w.reniceAt = time.Time{}, time.Time{}
 	}
 	if s != wStopping {
 		w.killAt = time.Time{}

@@ -60,16 +60,18 @@ func TestBootNiceUntilReady(t *testing.T) {
 		return !slices.ContainsFunc(master, func(n int) bool { return n != 0 })
 	})
 	p.ready()
-	ready := threadNices(worker)
+	// Set back at ready, and once more 50 ms later for a thread forked
+	// during the first call (supervisor.reniceAgain): a thread left niced
+	// for good fails here.
+	var ready []int
+	testkit.WaitFor(t, 2*time.Second, "every thread of the ready worker at nice 0", func() bool {
+		ready = threadNices(worker)
+		return !slices.ContainsFunc(ready, func(n int) bool { return n != 0 })
+	})
 	t.Logf("master threads %v; worker threads while booting %v, once ready %v", master, booting, ready)
 	for _, n := range booting {
 		if n != 10 {
 			t.Errorf("a booting worker's thread at nice %d, want 10: %v", n, booting)
-		}
-	}
-	for _, n := range ready {
-		if n != 0 {
-			t.Errorf("a ready worker's thread at nice %d, want 0 (the master's): %v", n, ready)
 		}
 	}
 }
