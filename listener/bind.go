@@ -19,7 +19,8 @@ import (
 // literal binds IPv4 only and an IPv6 literal IPv6 only; an empty host or a
 // name uses Go's "tcp" choice (":PORT" is a dual-stack [::] socket). With
 // reuseport it sets SO_REUSEPORT before binding, so that Sibling can add
-// sockets to its reuseport group (steering, DESIGN §8).
+// sockets to its reuseport group (steering, DESIGN §8); the address must
+// still be free, as without it (exclusive).
 func bindTCP(a Addr, reuseport bool) (*Socket, error) {
 	network := "tcp"
 	if host, _, err := net.SplitHostPort(a.Address); err == nil {
@@ -33,10 +34,13 @@ func bindTCP(a Addr, reuseport bool) (*Socket, error) {
 	// gunicorn and systemd's NoDelay= do: an app that takes fd 3 without
 	// setting it (uvicorn --fd treats it as a unix socket) would otherwise
 	// wait out the client's delayed ACK on each keep-alive answer (~40 ms).
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+	lc := net.ListenConfig{Control: func(_, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			if serr == nil && reuseport {
+				serr = exclusive(int(fd), address)
+			}
 			if serr == nil && reuseport {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 			}
@@ -53,6 +57,59 @@ func bindTCP(a Addr, reuseport bool) (*Socket, error) {
 		return nil, fmt.Errorf("%s: %w", a.what(), err)
 	}
 	return &Socket{Addr: sockname(fd), fd: fd}, nil
+}
+
+// exclusive checks that the address fd is about to bind is free, the way
+// a bind without SO_REUSEPORT would: with it, a socket of the same user
+// that listens there already would take ours into its reuseport group
+// instead of failing, and a master started twice on one port would share
+// it with the other. It binds a probe socket like fd (family, IPV6_V6ONLY,
+// SO_REUSEADDR) without SO_REUSEPORT and closes it. A port of 0 is always
+// free.
+func exclusive(fd int, address string) error {
+	host, portText, err := net.SplitHostPort(address)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", address, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return err
+	}
+	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return err
+	}
+	ip := netip.IPv4Unspecified() // "": every address of fd's family
+	if family == unix.AF_INET6 {
+		ip = netip.IPv6Unspecified()
+	}
+	if host != "" {
+		if ip, err = netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("address %q: %w", address, err)
+		}
+	}
+	probe, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(probe)
+	var sa unix.Sockaddr
+	if family == unix.AF_INET6 {
+		v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(probe, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return err
+		}
+		sa = &unix.SockaddrInet6{Port: int(port), Addr: ip.As16()}
+	} else {
+		sa = &unix.SockaddrInet4{Port: int(port), Addr: ip.Unmap().As4()}
+	}
+	if err := unix.SetsockoptInt(probe, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return err
+	}
+	return unix.Bind(probe, sa)
 }
 
 // bindUnix removes a stale socket file at the path (one nobody listens on),

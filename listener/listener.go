@@ -36,6 +36,11 @@ type Addr struct {
 	// Store under Role+":"+Key instead of "listener:"+Key, and errors name
 	// --Role.
 	Role string
+	// ReusePort (KindTCP) binds the socket with SO_REUSEPORT, still
+	// refusing an address in use, so that a Group can add sibling sockets
+	// to its reuseport group (steering, DESIGN §8). It changes neither
+	// Key nor the store's name for the socket.
+	ReusePort bool
 }
 
 // flag is the command-line flag the address came from, for errors.

@@ -115,7 +115,7 @@ func (o *opener) open(a Addr) ([]*Socket, error) {
 	case passed >= 0:
 		s, err = o.fromFDStore(a, name, passed)
 	case a.Kind == KindTCP:
-		s, err = bindTCP(a, false)
+		s, err = bindTCP(a, a.ReusePort)
 	case a.Kind == KindUnix:
 		s, err = bindUnix(a)
 	case a.Kind == KindFD:

@@ -15,8 +15,8 @@ import (
 // in the group is the group's size before.
 func (s *Socket) Sibling() (*Socket, error) {
 	fd := s.RawFD()
-	if fd < 0 {
-		return nil, fmt.Errorf("%s: closed", s.Name)
+	if err := reusePortListener(fd, s.Name); err != nil {
+		return nil, err
 	}
 	get := func(level, opt int) int {
 		v, err := unix.GetsockoptInt(fd, level, opt)
@@ -24,12 +24,6 @@ func (s *Socket) Sibling() (*Socket, error) {
 			return -1
 		}
 		return v
-	}
-	if get(unix.SOL_SOCKET, unix.SO_PROTOCOL) != unix.IPPROTO_TCP || get(unix.SOL_SOCKET, unix.SO_ACCEPTCONN) != 1 {
-		return nil, fmt.Errorf("%s: not a listening plain-TCP socket: only those can have siblings", s.Name)
-	}
-	if get(unix.SOL_SOCKET, unix.SO_REUSEPORT) != 1 {
-		return nil, fmt.Errorf("%s: bound without SO_REUSEPORT, so it has no reuseport group to join", s.Name)
 	}
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
