@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -110,4 +111,56 @@ func unreadFamily(family uint8, inodes, out map[uint64]bool) error {
 			}
 		}
 	}
+}
+
+// UnreadGroups returns which of the process groups pgids (a worker's pid
+// is its group's id) hold an accepted TCP connection whose bytes they have
+// not read yet: every socket any process of the group has open is looked
+// up in one Unread, so the whole set costs one /proc listing and one dump
+// per family, however many groups it has. A group with no live process is
+// not in the result.
+func UnreadGroups(pgids []int) (map[int]bool, error) {
+	want := map[int]bool{}
+	for _, pg := range pgids {
+		want[pg] = true
+	}
+	ms, err := groupMembers(func(_, pg int) bool { return want[pg] })
+	if err != nil {
+		return nil, procErr(err)
+	}
+	owner := map[uint64]int{} // socket inode -> group
+	buf := make([]byte, 8192)
+	for _, m := range ms {
+		dir := "/proc/" + strconv.Itoa(m.proc.PID) + "/fd"
+		names, err := readDirNames(dir, buf)
+		if err != nil {
+			if gone(err) {
+				continue
+			}
+			return nil, procErr(err)
+		}
+		var link [32]byte
+		for _, name := range names {
+			n, err := unix.Readlink(dir+"/"+name, link[:])
+			if err != nil {
+				continue // closed since the listing
+			}
+			if ino, ok := parseSocketLink(link[:n]); ok {
+				owner[ino] = m.pgid
+			}
+		}
+	}
+	inodes := make(map[uint64]bool, len(owner))
+	for ino := range owner {
+		inodes[ino] = true
+	}
+	unread, err := Unread(inodes)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]bool{}
+	for ino := range unread {
+		out[owner[ino]] = true
+	}
+	return out, nil
 }

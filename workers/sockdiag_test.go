@@ -1,13 +1,36 @@
 package workers
 
 import (
+	"bufio"
+	"io"
 	"net"
+	"os"
+	"os/exec"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/supervisor-dev/supervisor/internal/testkit"
 )
+
+func init() {
+	// accept-one accepts one connection on fd 3, says so on stdout, and
+	// holds it without reading until its stdin closes (UnreadGroups).
+	testkit.Register("accept-one", func() int {
+		ln, err := net.FileListener(os.NewFile(3, "listener"))
+		if err != nil {
+			return 2
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			return 3
+		}
+		defer c.Close()
+		os.Stdout.WriteString("accepted\n")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return 0
+	})
+}
 
 // inodeOf is the socket inode of an accepted connection.
 func inodeOf(t *testing.T, c net.Conn) uint64 {
@@ -95,5 +118,64 @@ func BenchmarkUnread(b *testing.B) {
 		if _, err := Unread(map[uint64]bool{1: true}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestUnreadGroups: a process group holding an accepted connection whose
+// request it has not read is reported once the request has arrived, and
+// not before; another group never is.
+func TestUnreadGroups(t *testing.T) {
+	testkit.MaySkip("accept-one")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lf, err := ln.(*net.TCPListener).File() // this test's own listener: nobody shares it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	cmd := exec.Command(os.Args[0], "worker")
+	cmd.Env = append(os.Environ(), testkit.Use("accept-one"))
+	cmd.ExtraFiles = []*os.File{lf}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = cmd.Wait() }()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "accepted\n" {
+		t.Fatalf("helper: %q, %v", line, err)
+	}
+	pid := cmd.Process.Pid
+	unread := func() map[int]bool {
+		got, err := UnreadGroups([]int{pid, os.Getpid()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := unread(); got[pid] {
+		t.Fatalf("before any request: %v, want group %d not there", got, pid)
+	}
+	if _, err := client.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the helper's group to hold an unread request", func() bool { return unread()[pid] })
+	if got := unread(); got[os.Getpid()] {
+		t.Errorf("this test's own group reported: %v", got)
 	}
 }
