@@ -141,3 +141,17 @@ func (g *Group) Close() {
 	}
 	g.socks = g.socks[:1]
 }
+
+// QueueLen is the accept queue of the socket at index i (QueueLen).
+func (g *Group) QueueLen(i int) (int, error) { return QueueLen(g.socks[i].RawFD()) }
+
+// Adopt takes fd, a listening socket this process received (a steered
+// group's socket, from the master before an upgrade), as a Socket named
+// name that owns fd. It refuses anything else, closing nothing.
+func Adopt(fd int, name string) (*Socket, error) {
+	if err := listening(fd); err != nil {
+		return nil, fmt.Errorf("socket %d of %s %w", fd, name, err)
+	}
+	unix.CloseOnExec(fd)
+	return &Socket{Name: name, Addr: sockname(fd), fd: fd}, nil
+}

@@ -24,6 +24,12 @@ const (
 	ReadyAuto   = "auto"   // the first of notify or listen
 )
 
+// Steering modes (DESIGN §8).
+const (
+	SteerAuto = "auto" // a socket per generation for every TCP bind that can have one
+	SteerOff  = "off"  // one socket per bind, shared by every generation
+)
+
 // Config is everything `supervisor run` is told. The zero value is not
 // valid: start from Defaults. Each field is one entry of the settings
 // table (settings.go): its config-file key, flag, default and help text.
@@ -53,7 +59,9 @@ type Config struct {
 	Timeout time.Duration
 	// BootNice (0: off) starts each worker this much nicer than the
 	// master, until it is ready.
-	BootNice  int
+	BootNice int
+	// Steer is SteerAuto or SteerOff (DESIGN §8); taken at start.
+	Steer     string
 	Chdir     string
 	User      string
 	Group     string
@@ -132,6 +140,15 @@ func (c Config) Validate() (*Resolved, error) {
 	}
 	if r.Addrs, err = listener.ParseAll(c.Bind); err != nil {
 		return nil, err
+	}
+	switch c.Steer {
+	case SteerAuto:
+		for i := range r.Addrs {
+			r.Addrs[i].ReusePort = r.Addrs[i].Kind == listener.KindTCP
+		}
+	case SteerOff:
+	default:
+		return nil, fmt.Errorf("--steer %q: want auto or off", c.Steer)
 	}
 	if c.Metrics != "" {
 		a, err := listener.ParseOwn("metrics", c.Metrics, r.Addrs)

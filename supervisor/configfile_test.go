@@ -44,6 +44,7 @@ func TestLoadFileGood(t *testing.T) {
 		MaxMemory:         "512MiB",
 		Timeout:           30 * time.Second,
 		BootNice:          5,
+		Steer:             SteerOff,
 		Chdir:             "/",
 		Control:           "/tmp/supervisor-test.sock",
 		Metrics:           "127.0.0.1:0",

@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/workers"
 )
 
@@ -24,17 +25,31 @@ type env struct {
 	rand   func(n int64) int64 // uniform in [0, n), n > 0
 	// trim hands memory the quiet master holds back to the kernel.
 	trim func()
+	// group makes a steered bind's reuseport group (listener.NewGroup).
+	group func(first *listener.Socket, more []*listener.Socket) (steerGroup, error)
+	// unread and listening are the drain's checks (drain.go), run off the
+	// loop: which process groups hold requests not read yet
+	// (workers.UnreadGroups), which still wait for connections on their
+	// sockets (workers.ListenScan).
+	unread    func(pgids []int) (map[int]bool, error)
+	listening func(watch map[int][]uint64) ([]int, map[int]error)
+	// async runs f off the loop (go f()); the simulator runs it at once.
+	async func(f func())
 }
 
 // osEnv is the real thing: spawn is workers.Start, short of RLIMIT_NPROC
 // (limits.go).
 func osEnv() env {
 	return env{
-		spawn:  spawnWithinLimits,
-		signal: (*workers.Process).Signal,
-		renice: workers.Renice,
-		now:    time.Now,
-		rand:   mrand.Int64N,
-		trim:   trimMemory,
+		spawn:     spawnWithinLimits,
+		signal:    (*workers.Process).Signal,
+		renice:    workers.Renice,
+		now:       time.Now,
+		rand:      mrand.Int64N,
+		trim:      trimMemory,
+		group:     newGroup,
+		unread:    workers.UnreadGroups,
+		listening: workers.ListenScan,
+		async:     func(f func()) { go f() },
 	}
 }

@@ -18,6 +18,7 @@ func (m *master) onExit(ex workers.Exit) {
 		return
 	}
 	delete(m.workers, ex.Pid)
+	m.forgetDrain(ex.Pid)
 	// Its group may outlive its leader: leave no orphan behind (invariant 4).
 	_ = m.env.signal(w.proc, syscall.SIGKILL)
 	m.requestsDone += w.requests

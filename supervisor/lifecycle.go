@@ -47,6 +47,7 @@ func (m *master) stopAll(sig syscall.Signal, grace time.Duration) {
 		m.stopUpgrade()
 	}
 	clear(m.restarts)
+	m.dropDrains()
 	for _, w := range m.workers {
 		m.stop(w, sig, grace)
 	}

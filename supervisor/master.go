@@ -76,14 +76,21 @@ type master struct {
 	failure      error          // why the master gives up; returned by Run
 
 	// A master upgrade (upgrade.go, upgrade_new.go).
-	upgrade     *upgrade  // nil when none is under way
-	pair        *linkPair // the old master's side of the link, once it upgraded
-	parent      *link     // the new master's end of the link, until the old master is gone
-	handedOver  bool      // an upgrade committed here once (tableflip upgrades once)
-	lastUpgrade string    // outcome of the last upgrade, for status
-	metricsStop func()    // stops serving the metrics port; nil when not serving
+	upgrade     *upgrade     // nil when none is under way
+	pair        *linkPair    // the old master's side of the link, once it upgraded
+	parent      *link        // the new master's end of the link, until the old master is gone
+	handedOver  bool         // an upgrade committed here once (tableflip upgrades once)
+	upgradeNext *pendingCall // an upgrade waiting for the drains under way
+	lastUpgrade string       // outcome of the last upgrade, for status
+	metricsStop func()       // stops serving the metrics port; nil when not serving
 
 	nice bootNice // boot_nice, fixed at start (bootnice.go)
+
+	// Steering (steer.go, drain.go).
+	steerOn bool                 // steer: auto at start
+	steer   map[string]*steered  // by bind key: the binds that steer
+	inherit map[string]inherited // by bind key: groups the master before an upgrade steered, until opened
+	dr      drainState
 }
 
 // newMaster is the master before its first step: generation 1 is cfg, no
@@ -115,6 +122,10 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 		restarts:    make(map[int]time.Time),
 		crashes:     make(map[int]int),
 		refill:      make(map[int]string),
+		steerOn:     cfg.Steer == SteerAuto,
+		steer:       map[string]*steered{},
+		inherit:     map[string]inherited{},
+		dr:          newDrainState(),
 	}
 }
 
@@ -123,6 +134,7 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 // event, then advances.
 func (m *master) loop(notes <-chan []workers.Notification) error {
 	m.step()
+	m.applyWeights()
 	m.publish()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -151,6 +163,8 @@ func (m *master) loop(notes <-chan []workers.Notification) error {
 			m.onListenScan(s)
 		case rss := <-m.rss:
 			m.onRSS(rss)
+		case c := <-m.dr.checks:
+			m.onDrainCheck(c)
 		case msg, ok := <-m.linkIn():
 			m.onLink(msg, ok)
 		case <-m.metrics.live.wake: // a liveness check: the turn answers it
@@ -168,6 +182,9 @@ func (m *master) advance() {
 	now := m.env.now()
 	m.onTick(now)
 	m.step()
+	m.advanceDrains(now)
+	m.applyWeights()
+	m.startPendingUpgrade()
 	m.planTrim(now)
 	m.publish()
 	m.report()
@@ -289,11 +306,11 @@ func (m *master) step() {
 	for _, pid := range pl.stop {
 		w := m.workers[pid]
 		if w == nil {
-			m.stopRemote(pid)
+			m.retireRemote(pid)
 			continue
 		}
 		m.log.Info("stopping worker", append(w.fields(), zap.Int("target", m.target))...)
-		m.stop(w, w.cfg.StopSig, w.cfg.GracefulTimeout)
+		m.retire(w)
 	}
 	for _, s := range pl.start {
 		m.start(s, m.target)

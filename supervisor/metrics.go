@@ -88,6 +88,7 @@ type Metrics struct {
 	exits           *prometheus.CounterVec   // how
 	boot            prometheus.Histogram     // start to ready
 	drain           prometheus.Histogram     // asked to stop (or STOPPING=1) to exit
+	pauses          prometheus.Histogram     // a steered generation's pause (drain.go)
 	reloads         *prometheus.CounterVec   // result
 	reloadDuration  *prometheus.HistogramVec // result: succeeded, rolled_back
 	lastReloadOK    prometheus.Gauge
@@ -132,6 +133,9 @@ func NewMetrics(version string) *Metrics {
 		Help: "Time from a worker's start to ready.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)})
 	m.drain = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "supervisor", Name: "worker_drain_seconds",
 		Help: "Time from asking a worker to stop (or its STOPPING=1) to its exit.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)})
+	m.pauses = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "supervisor", Name: "steer_pause_seconds",
+		Help:    "How long a steered generation got no new connections while workers of it drained before their stop signal (steer: auto).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
 	m.reloadDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "supervisor", Name: "reload_duration_seconds",
 		Help:    "Time from a reload to its outcome: the new generation serving, or the failure that rolled it back.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}, []string{"result"})
@@ -147,7 +151,7 @@ func NewMetrics(version string) *Metrics {
 		Help:        "Always 1; the labels say which supervisor runs.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
 	buildInfo.Set(1)
-	m.reg.MustRegister(m.control, m.boot, m.drain, m.reloadDuration, m.lastReloadOK, m.heartbeatMisses, m.notifyIgnored, buildInfo,
+	m.reg.MustRegister(m.control, m.boot, m.drain, m.pauses, m.reloadDuration, m.lastReloadOK, m.heartbeatMisses, m.notifyIgnored, buildInfo,
 		poolCollector{m},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())

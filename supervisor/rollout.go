@@ -42,7 +42,7 @@ func (m *master) reload(reply chan Response, wait bool) {
 	}
 	// systemd (Type=notify-reload) waits for RELOADING=1, then READY=1.
 	m.tellSystemd("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
-	cfg, socks, err := m.loadGeneration()
+	cfg, socks, err := m.loadGeneration(m.lastGen + 1)
 	if err != nil {
 		msg := "reload failed, the running config stays in force: " + err.Error()
 		m.log.Error("reload failed", zap.Error(err))
@@ -75,9 +75,9 @@ func (m *master) reload(reply chan Response, wait bool) {
 	}
 }
 
-// loadGeneration reads the config for a new generation and opens any bind
-// it adds.
-func (m *master) loadGeneration() (*Resolved, []*listener.Socket, error) {
+// loadGeneration reads the config for generation gen, opens any bind it
+// adds and returns the sockets of its workers.
+func (m *master) loadGeneration(gen int) (*Resolved, []*listener.Socket, error) {
 	cfg := m.cfg()
 	if m.opts.Load != nil {
 		var err error
@@ -91,33 +91,38 @@ func (m *master) loadGeneration() (*Resolved, []*listener.Socket, error) {
 			return nil, nil, fmt.Errorf("notify socket: %w", err)
 		}
 	}
-	socks, err := m.socketsFor(cfg.Addrs)
+	socks, err := m.socketsFor(gen, cfg.Addrs)
 	if err != nil {
 		return nil, nil, err
 	}
 	return cfg, socks, nil
 }
 
-// socketsFor returns the sockets for a bind list, reusing those already
-// open (a kept bind keeps its socket, and a port-0 bind its port) and
-// opening the others. A bind is known by listener.Addr.Key, the name
-// listener.Open keeps its socket under for a master upgrade too. On error
-// the ones it opened are retired.
-func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
-	var socks []*listener.Socket
+// socketsFor returns the sockets of generation gen's workers for a bind
+// list (socketsOf), opening the binds not open yet: a kept bind keeps its
+// socket, and a port-0 bind its port. A bind is known by
+// listener.Addr.Key, the name listener.Open keeps its socket under for a
+// master upgrade too. A TCP bind is opened for steering when steering is
+// on (taken at start, whatever a reloaded config says). On error the binds
+// it opened are retired.
+func (m *master) socketsFor(gen int, addrs []listener.Addr) ([]*listener.Socket, error) {
 	var opened []string
-	for i, a := range addrs {
+	undo := func() {
+		for _, k := range opened {
+			m.unsteer(k)
+			m.retireSockets(m.sockets[k])
+			delete(m.sockets, k)
+		}
+	}
+	for _, a := range addrs {
 		key := a.Key()
-		if ss, ok := m.sockets[key]; ok {
-			socks = append(socks, ss...)
+		if _, ok := m.sockets[key]; ok {
 			continue
 		}
-		ss, err := m.opts.Open(addrs[i : i+1])
+		a.ReusePort = m.steerOn && a.Kind == listener.KindTCP
+		ss, err := m.opts.Open([]listener.Addr{a})
 		if err != nil {
-			for _, k := range opened {
-				m.retire(m.sockets[k])
-				delete(m.sockets, k)
-			}
+			undo()
 			return nil, err
 		}
 		for _, s := range ss {
@@ -133,12 +138,17 @@ func (m *master) socketsFor(addrs []listener.Addr) ([]*listener.Socket, error) {
 		}
 		m.sockets[key] = ss
 		opened = append(opened, key)
-		socks = append(socks, ss...)
+		m.steerBind(key, ss)
+	}
+	socks, err := m.socketsOf(gen, addrs)
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("a socket of its own for generation %d: %w", gen, err)
 	}
 	return socks, nil
 }
 
-func (m *master) retire(ss []*listener.Socket) {
+func (m *master) retireSockets(ss []*listener.Socket) {
 	for _, s := range ss {
 		delete(m.inodes, s.RawFD())
 		if st := m.opts.FDStore; st != nil {
@@ -222,22 +232,27 @@ func (m *master) release() {
 	for _, w := range m.workers {
 		live[w.gen] = true
 	}
+	for _, v := range m.remoteViews() {
+		live[v.gen] = true
+	}
 	for gen := range m.configs {
 		if !live[gen] {
 			delete(m.configs, gen)
 			delete(m.genSockets, gen)
 		}
 	}
-	used := map[*listener.Socket]bool{}
-	for _, ss := range m.genSockets {
-		for _, s := range ss {
-			used[s] = true
+	m.releaseSockets(live)
+	used := map[string]bool{}
+	for _, cfg := range m.configs {
+		for _, a := range cfg.Addrs {
+			used[a.Key()] = true
 		}
 	}
 	for key, ss := range m.sockets {
-		if len(ss) > 0 && !used[ss[0]] {
+		if !used[key] {
 			m.log.Info("closing a removed bind", zap.String("bind", key))
-			m.retire(ss)
+			m.unsteer(key)
+			m.retireSockets(ss)
 			delete(m.sockets, key)
 		}
 	}

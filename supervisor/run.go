@@ -105,12 +105,15 @@ func Run(cfg *Resolved, opts Options) error {
 			m.pair.handedOver()
 		}
 	}()
-	socks, err := m.socketsFor(cfg.Addrs)
+	defer m.closeSteering()
+	socks, err := m.socketsFor(m.stable, cfg.Addrs)
 	if err != nil {
 		m.tellParent(linkMsg{Fail: err.Error()})
 		return err
 	}
 	m.genSockets[m.stable] = socks
+	m.dropInherited()
+	m.adviseMigrate()
 	m.notify = newNotifySockets(m.log)
 	if err := m.notify.open(cfg); err != nil {
 		err = fmt.Errorf("notify socket: %w", err)

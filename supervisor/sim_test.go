@@ -63,6 +63,13 @@ func newSim(t testing.TB, edit func(*Config)) *sim {
 // buildSim is newSim before the first step.
 func buildSim(t testing.TB, edit func(*Config)) *sim {
 	t.Helper()
+	return buildSimWith(t, edit, nil)
+}
+
+// buildSimWith is buildSim with setup run on the master before it opens
+// its binds (to give it other sockets, a steering group).
+func buildSimWith(t testing.TB, edit func(*Config), setup func(*sim)) *sim {
+	t.Helper()
 	cfg := Defaults()
 	cfg.Command, cfg.Bind, cfg.Ready = []string{"/bin/true"}, []string{"127.0.0.1:0"}, ReadyNotify
 	if edit != nil {
@@ -89,7 +96,10 @@ func buildSim(t testing.TB, edit func(*Config)) *sim {
 		},
 	}
 	s.m = newMaster(res, opts, e)
-	if s.m.genSockets[1], err = s.m.socketsFor(res.Addrs); err != nil {
+	if setup != nil {
+		setup(s)
+	}
+	if s.m.genSockets[1], err = s.m.socketsFor(1, res.Addrs); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -14,6 +14,8 @@ import (
 //   - master.nextSample: the next RSS sample (max_memory);
 //   - master.nextScan: the next listen-readiness scan of starting workers;
 //   - master.nextTrim: the end of a quiet spell, when memory is trimmed;
+//   - master.dr.nextPoll: while a steered generation is paused, the next
+//     reading of its queues (drain.go);
 //   - master.restarts: a crashed slot's backoff;
 //   - worker.readyBy, worker.delayedReadyAt: a starting worker's ready
 //     timeout, or its --ready delay;
@@ -25,7 +27,7 @@ import (
 
 // nextDeadline is the earliest time the loop must wake without an event.
 func (m *master) nextDeadline() (time.Time, bool) {
-	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan, m.nextTrim}
+	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan, m.nextTrim, m.dr.nextPoll}
 	for _, at := range m.restarts {
 		ts = append(ts, at)
 	}

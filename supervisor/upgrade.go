@@ -73,8 +73,31 @@ func (m *master) upgradeRefusal() string {
 		return "the master is " + m.phase.String()
 	case m.rollout != nil:
 		return fmt.Sprintf("a reload is under way (generation %d)", m.target)
+	case m.upgradeNext != nil:
+		return "an upgrade is about to start, once the workers being drained are stopped"
 	}
 	return ""
+}
+
+// pendingCall is a control call that waits for its turn.
+type pendingCall struct {
+	reply chan Response
+	wait  bool
+}
+
+// startPendingUpgrade starts the upgrade that waited for the drains, once
+// they are over; stopping abandons it.
+func (m *master) startPendingUpgrade() {
+	p := m.upgradeNext
+	switch {
+	case p == nil:
+	case m.phase == stopping:
+		m.upgradeNext = nil
+		respond(p.reply, Response{Error: "upgrade abandoned: the master is stopping"})
+	case len(m.dr.drains) == 0:
+		m.upgradeNext = nil
+		m.startUpgrade(p.reply, p.wait)
+	}
 }
 
 // startUpgrade starts the new master (USR2, `supervisor upgrade`). reply,
@@ -88,6 +111,13 @@ func (m *master) startUpgrade(reply chan Response, wait bool) {
 		respond(reply, Response{Error: msg})
 		return
 	}
+	if len(m.dr.drains) > 0 {
+		// The new master learns the groups from the hello; a drain under
+		// way would be lost on the way. Drains end within a second.
+		m.log.Info("upgrade: waiting for the workers being drained before their stop")
+		m.upgradeNext = &pendingCall{reply: reply, wait: wait}
+		return
+	}
 	if m.pair == nil {
 		p, err := newLinkPair(m.opts.Upgrader)
 		if err != nil {
@@ -99,7 +129,8 @@ func (m *master) startUpgrade(reply chan Response, wait bool) {
 	}
 	m.pair.drainPeer()
 	st := m.unsortedStatus()
-	if err := m.pair.send(linkMsg{Hello: &linkHello{Pid: os.Getpid(), LastGen: m.lastGen}, Status: compact(st)}); err != nil {
+	groups, fds := m.steerHello()
+	if err := m.pair.send(linkMsg{Hello: &linkHello{Pid: os.Getpid(), LastGen: m.lastGen, Steer: groups}, Status: compact(st), fds: fds}); err != nil {
 		m.upgradeFailed("cannot write to the link: " + err.Error())
 		respond(reply, Response{Error: m.lastUpgrade})
 		return
@@ -198,6 +229,7 @@ func (m *master) onOldLinkClosed() {
 	if m.phase == handingOver {
 		m.phase = running
 	}
+	m.steerAgain()
 	m.serving(true)
 	if m.opts.OnReady != nil {
 		if err := m.opts.OnReady(); err != nil { // the pid file names this master again
@@ -262,6 +294,7 @@ func (m *master) linkIn() <-chan linkMsg {
 
 // onLink dispatches a link message, or the link's end of file (ok false).
 func (m *master) onLink(msg linkMsg, ok bool) {
+	closeFDs(msg.fds) // only a hello carries any, read before the loop
 	switch {
 	case m.pair != nil && ok:
 		m.onOldLink(msg)

@@ -53,12 +53,31 @@ type linkMsg struct {
 	// link, so that it arrives after everything the new master sent: the
 	// outcome of tableflip's Upgrade, "" when the new master committed.
 	Result *string `json:"result,omitempty"`
+
+	// fds came with the packet (SCM_RIGHTS, close-on-exec): a hello's
+	// steered sockets. The receiver owns them.
+	fds []int
 }
 
 type linkHello struct {
 	Pid     int `json:"pid"`
 	LastGen int `json:"last_generation"`
+	// Steer is each steered bind's group (steer.go): the generation of
+	// each socket by index. Socket 0 is the bind's own, which the new
+	// master takes from the upgrade store; the others come with the hello
+	// as fds, group after group, in index order.
+	Steer []linkGroup `json:"steer,omitempty"`
 }
+
+// linkGroup is one steered bind's group in a hello.
+type linkGroup struct {
+	Key  string `json:"key"`
+	Gens []int  `json:"generations"`
+}
+
+// linkMaxFDs is the most descriptors one packet carries (the kernel's
+// SCM_MAX_FD).
+const linkMaxFDs = 253
 
 // link is this master's end. Messages read arrive on in, which is closed
 // at end of file (or a read error).
@@ -92,29 +111,68 @@ func (l *link) read() {
 	defer close(l.done)
 	defer close(l.in)
 	buf := make([]byte, linkMaxMsg)
+	oob := make([]byte, unix.CmsgSpace(linkMaxFDs*4))
 	for {
-		n, err := l.conn.Read(buf)
+		n, oobn, _, _, err := l.conn.ReadMsgUnix(buf, oob) // close-on-exec fds (MSG_CMSG_CLOEXEC)
 		if err != nil || n == 0 {
 			return
 		}
+		fds := parseRights(oob[:oobn])
 		var msg linkMsg
-		if json.Unmarshal(buf[:n], &msg) == nil {
-			l.in <- msg
+		if json.Unmarshal(buf[:n], &msg) != nil {
+			closeFDs(fds)
+			continue
 		}
+		msg.fds = fds
+		l.in <- msg
 	}
 }
 
-// send writes one message; an error means the other master is gone or
-// stuck.
+// parseRights returns the descriptors in a packet's control data.
+func parseRights(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, cm := range msgs {
+		if got, err := unix.ParseUnixRights(&cm); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	return fds
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// send writes one message, with msg.fds (which stay the caller's); an
+// error means the other master is gone or stuck.
 func (l *link) send(msg linkMsg) error {
-	return sendLink(l.conn, msg)
+	if len(msg.fds) == 0 {
+		return sendLink(l.conn, msg)
+	}
+	if len(msg.fds) > linkMaxFDs {
+		return fmt.Errorf("%d sockets to hand over, at most %d in one message", len(msg.fds), linkMaxFDs)
+	}
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	_ = l.conn.SetWriteDeadline(time.Now().Add(linkWriteTimeout))
+	_, _, err = l.conn.WriteMsgUnix(b, unix.UnixRights(msg.fds...), nil)
+	return err
 }
 
 // close closes this end and waits for the reader. Messages not taken
 // from in are dropped.
 func (l *link) close() {
 	l.conn.Close()
-	for range l.in {
+	for msg := range l.in {
+		closeFDs(msg.fds)
 	}
 	<-l.done
 }
@@ -142,20 +200,21 @@ func FailUpgrade(f *os.File, reason string) error {
 
 // readHello reads the old master's first message from the new master's
 // end, before the loop starts.
-func readHello(l *link) (linkHello, *Status, error) {
+func readHello(l *link) (linkHello, *Status, []int, error) {
 	t := time.NewTimer(linkHelloTimeout)
 	defer t.Stop()
 	select {
 	case msg, ok := <-l.in:
 		if !ok {
-			return linkHello{}, nil, errors.New("upgrade link: the old master closed it before saying hello")
+			return linkHello{}, nil, nil, errors.New("upgrade link: the old master closed it before saying hello")
 		}
 		if msg.Hello == nil {
-			return linkHello{}, nil, errors.New("upgrade link: the old master's first message is not a hello")
+			closeFDs(msg.fds)
+			return linkHello{}, nil, nil, errors.New("upgrade link: the old master's first message is not a hello")
 		}
-		return *msg.Hello, msg.Status, nil
+		return *msg.Hello, msg.Status, msg.fds, nil
 	case <-t.C:
-		return linkHello{}, nil, fmt.Errorf("upgrade link: no hello from the old master within %s", linkHelloTimeout)
+		return linkHello{}, nil, nil, fmt.Errorf("upgrade link: no hello from the old master within %s", linkHelloTimeout)
 	}
 }
 

@@ -24,8 +24,11 @@ import (
 // its successor: it continues the generation count and starts from the old
 // master's pool.
 func (m *master) takeOver(parent *link) error {
-	hello, st, err := readHello(parent)
+	hello, st, fds, err := readHello(parent)
 	if err != nil {
+		return err
+	}
+	if err := m.adoptGroups(hello.Steer, fds); err != nil {
 		return err
 	}
 	gen := hello.LastGen + 1
@@ -56,7 +59,7 @@ func (m *master) setRemote(st *Status) {
 	clear(u.remote)
 	for _, w := range st.Pool {
 		v := wview{pid: w.Pid, slot: w.Slot, gen: w.Generation, state: parseState(w.State), recycling: w.Recycle != "", born: w.Started}
-		if u.stopSent[w.Pid] {
+		if u.stopSent[w.Pid] || m.dr.drains[w.Pid] != nil {
 			v.state = wStopping
 		}
 		u.remote[w.Pid] = v
@@ -64,6 +67,11 @@ func (m *master) setRemote(st *Status) {
 	for pid := range u.stopSent {
 		if _, ok := u.remote[pid]; !ok {
 			delete(u.stopSent, pid)
+		}
+	}
+	for pid, d := range m.dr.drains {
+		if _, ok := u.remote[pid]; !ok && d.w == nil {
+			m.forgetDrain(pid)
 		}
 	}
 }
@@ -77,6 +85,11 @@ func (m *master) onNewLinkClosed() {
 		u.peerGone, u.peer = true, nil
 		clear(u.remote)
 		clear(u.stopSent)
+		for pid, d := range m.dr.drains {
+			if d.w == nil {
+				m.forgetDrain(pid)
+			}
+		}
 		if !u.committed {
 			m.log.Warn("the old master is gone before this one took over", zap.Int("old_pid", u.peerPid))
 		}

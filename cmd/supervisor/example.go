@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,6 +38,7 @@ type contractFacts struct {
 // WATCHDOG=1, X_REQUESTS=N) and drains without losing a request on SIGTERM.
 func newExampleAppCommand() *cobra.Command {
 	var bootDelay time.Duration
+	var plainShutdown bool
 	notify := true
 	c := &cobra.Command{
 		Use:    "example-app",
@@ -64,12 +69,37 @@ func newExampleAppCommand() *cobra.Command {
 			if !notify {
 				os.Unsetenv("NOTIFY_SOCKET") // readiness comes from elsewhere (a wrapper, --ready delay); no reports either
 			}
-			return workers.Serve(&http.Server{Handler: exampleHandler(facts), ReadHeaderTimeout: 10 * time.Second}, lns)
+			srv := &http.Server{Handler: exampleHandler(facts), ReadHeaderTimeout: 10 * time.Second}
+			if plainShutdown {
+				return servePlain(srv, lns)
+			}
+			return workers.Serve(srv, lns)
 		},
 	}
 	c.Flags().BoolVar(&notify, "notify", notify, "speak sd_notify: READY=1 when serving, WATCHDOG=1, X_REQUESTS=N")
 	c.Flags().DurationVar(&bootDelay, "boot-delay", 0, "wait this long before serving and sending READY=1")
+	c.Flags().BoolVar(&plainShutdown, "plain-shutdown", false, "on SIGTERM, stop the usual Go way (http.Server.Shutdown), which drops a request read after it began (DESIGN §5): what steering protects such apps from")
 	return c
+}
+
+// servePlain serves srv on lns, says READY=1, and on SIGTERM calls
+// Shutdown, as most Go apps do.
+func servePlain(srv *http.Server, lns []net.Listener) error {
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	served := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { served <- srv.Serve(ln) }()
+	}
+	_ = workers.Ready()
+	<-term
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	for range lns {
+		<-served
+	}
+	return err
 }
 
 func exampleHandler(facts contractFacts) http.Handler {

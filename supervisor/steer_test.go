@@ -1,0 +1,410 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/supervisor-dev/supervisor/listener"
+	"github.com/supervisor-dev/supervisor/workers"
+)
+
+// fakeGroup is a steered bind's group in the simulator: sockets without a
+// descriptor, queues the test sets, and the programs attached.
+type fakeGroup struct {
+	socks    []*listener.Socket
+	queue    map[*listener.Socket]int // connections waiting, by socket
+	attached [][]uint32               // every program's weights, in order
+	removed  int
+}
+
+func (g *fakeGroup) Len() int                      { return len(g.socks) }
+func (g *fakeGroup) Socket(i int) *listener.Socket { return g.socks[i] }
+func (g *fakeGroup) Close()                        { g.socks = g.socks[:1] }
+
+func (g *fakeGroup) Add() (*listener.Socket, int, error) {
+	s := &listener.Socket{Name: g.socks[0].Name, Addr: fmt.Sprintf("sibling %d", len(g.socks))}
+	g.socks = append(g.socks, s)
+	return s, len(g.socks) - 1, nil
+}
+
+func (g *fakeGroup) Remove(i int) error {
+	last := len(g.socks) - 1
+	g.socks[i] = g.socks[last]
+	g.socks = g.socks[:last]
+	g.removed++
+	return nil
+}
+
+func (g *fakeGroup) Attach(s listener.Steer) error {
+	if len(s.Weights) != len(g.socks) {
+		return fmt.Errorf("%d weights for %d sockets", len(s.Weights), len(g.socks))
+	}
+	g.attached = append(g.attached, slices.Clone(s.Weights))
+	return nil
+}
+
+func (g *fakeGroup) QueueLen(i int) (int, error) { return g.queue[g.socks[i]], nil }
+
+// weights is the program attached last.
+func (g *fakeGroup) weights() []uint32 {
+	if len(g.attached) == 0 {
+		return nil
+	}
+	return g.attached[len(g.attached)-1]
+}
+
+// steerSim is a simulated master whose TCP bind steers through a
+// fakeGroup; unread and listening answer from the test's sets.
+type steerSim struct {
+	*sim
+	g         *fakeGroup
+	unread    map[int]bool // pids whose group holds a request not read yet
+	listening map[int]bool // pids still waiting for connections once signalled
+	checks    int          // unread checks made
+	// weighed: the weight its generation had in the program attached last
+	// when the master first signalled pid.
+	weighed map[int]uint32
+}
+
+func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
+	t.Helper()
+	ss := &steerSim{unread: map[int]bool{}, listening: map[int]bool{}, weighed: map[int]uint32{}}
+	s := buildSimWith(t, edit, func(s *sim) {
+		s.m.opts.Open = func(addrs []listener.Addr) ([]*listener.Socket, error) {
+			var out []*listener.Socket
+			for _, a := range addrs {
+				out = append(out, &listener.Socket{Name: a.Raw, Addr: a.Raw})
+			}
+			return out, nil
+		}
+		s.m.env.group = func(first *listener.Socket, more []*listener.Socket) (steerGroup, error) {
+			if ss.g != nil {
+				return nil, errors.New("one steered bind per simulator")
+			}
+			ss.g = &fakeGroup{socks: append([]*listener.Socket{first}, more...), queue: map[*listener.Socket]int{}}
+			return ss.g, nil
+		}
+		s.m.env.unread = func(pids []int) (map[int]bool, error) {
+			ss.checks++
+			out := map[int]bool{}
+			for _, pid := range pids {
+				out[pid] = ss.unread[pid]
+			}
+			return out, nil
+		}
+		s.m.env.listening = func(watch map[int][]uint64) ([]int, map[int]error) {
+			var out []int
+			for pid := range watch {
+				if ss.listening[pid] {
+					out = append(out, pid)
+				}
+			}
+			return out, nil
+		}
+		s.m.env.async = func(f func()) { f() }
+		signal := s.m.env.signal
+		s.m.env.signal = func(p *workers.Process, sig syscall.Signal) error {
+			if _, ok := ss.weighed[p.Pid]; !ok && s.m.workers[p.Pid] != nil {
+				ss.weighed[p.Pid] = ss.weightOf(s.m.workers[p.Pid].gen)
+			}
+			return signal(p, sig)
+		}
+	})
+	ss.sim = s
+	s.m.step() // as the loop begins
+	s.m.applyWeights()
+	return ss
+}
+
+// pump applies the checks that came back: the loop's other event source.
+func (s *sim) pump() {
+	for {
+		select {
+		case c := <-s.m.dr.checks:
+			s.m.onDrainCheck(c)
+			s.advance()
+		default:
+			return
+		}
+	}
+}
+
+// settle moves time on in drain polls until no drain is left, every
+// signalled worker exiting at once (a Go app), at most a second of it.
+func (s *steerSim) settle(check func()) {
+	s.t.Helper()
+	for range 1000 {
+		check()
+		switch {
+		case len(s.pids(wStarting, 0)) > 0:
+			s.ready(s.pids(wStarting, 0)[0])
+		case s.signalledPid() != 0:
+			s.exit(s.signalledPid(), 0)
+		case len(s.m.dr.drains) > 0:
+			s.tick(drainPoll)
+		default:
+			return
+		}
+		s.pump()
+	}
+	s.t.Fatalf("the pool does not settle: %s", s.describe())
+}
+
+// serving is the number of ready workers whose generation has a weight in
+// the program attached last (workers chosen to stop whose generation is
+// not paused yet serve too).
+func (s *steerSim) serving() int {
+	w := s.g.weights()
+	n := 0
+	for _, wk := range s.m.workers {
+		i := slices.Index(s.m.steer["127.0.0.1:0"].gens, wk.gen)
+		d := s.m.dr.drains[wk.proc.Pid]
+		if i >= 0 && i < len(w) && w[i] > 0 && (wk.state == wReady || (d != nil && d.phase == drainWaiting)) {
+			n++
+		}
+	}
+	return n
+}
+
+// weightOf is the weight of generation gen in the program attached last.
+func (s *steerSim) weightOf(gen int) uint32 {
+	i := slices.Index(s.m.steer["127.0.0.1:0"].gens, gen)
+	if w := s.g.weights(); i >= 0 && i < len(w) {
+		return w[i]
+	}
+	return 0
+}
+
+// A reload gives the new generation a socket of its own (the group has
+// two from the start); the program weights each generation by its ready
+// workers; no old worker is signalled while its generation has a weight;
+// once the rollout is done the old socket is idle, and the next
+// generation takes it.
+func TestSimSteerRollout(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers = 2 })
+	if got := s.g.weights(); !slices.Equal(got, []uint32{1, 0}) {
+		t.Fatalf("at boot, before any worker is ready: weights %v, want [1 0] (connections wait for the boot)", got)
+	}
+	s.readyAll()
+	if got := s.g.weights(); !slices.Equal(got, []uint32{2, 0}) {
+		t.Fatalf("booted: weights %v, want [2 0]", got)
+	}
+	s.call(Request{Command: "reload"})
+	if s.g.Len() != 2 || s.m.steer["127.0.0.1:0"].gens[1] != 2 {
+		t.Fatalf("after HUP: %d sockets, gens %v; want generation 2 on a second socket", s.g.Len(), s.m.steer["127.0.0.1:0"].gens)
+	}
+	if got := s.g.weights(); !slices.Equal(got, []uint32{2, 0}) {
+		t.Fatalf("canary starting: weights %v, want [2 0]", got)
+	}
+	s.ready(s.pids(wStarting, 2)[0])
+	if got := s.g.weights(); !slices.Equal(got, []uint32{0, 1}) {
+		// max_surge 1 of 2 workers: nothing can start to stand in, so
+		// the old generation pauses at once for its first stop.
+		t.Fatalf("canary ready: weights %v, want [0 1]", got)
+	}
+	minServing := 2
+	s.settle(func() { minServing = min(minServing, s.serving()) })
+	if len(s.weighed) != 2 {
+		t.Fatalf("%d old workers signalled, want 2", len(s.weighed))
+	}
+	for pid, w := range s.weighed {
+		if w != 0 {
+			t.Errorf("old worker %d signalled while its generation weighed %d", pid, w)
+		}
+	}
+	if s.m.rollout != nil || len(s.pids(wReady, 2)) != 2 || len(s.m.workers) != 2 {
+		t.Fatalf("rollout not done: %s", s.describe())
+	}
+	if got := s.g.weights(); !slices.Equal(got, []uint32{0, 2}) {
+		t.Fatalf("done: weights %v, want [0 2]", got)
+	}
+	if minServing != 1 {
+		t.Errorf("serving workers went down to %d during the rollout, want 1 (max_surge 1: each pause leaves the canary)", minServing)
+	}
+	// The next generation takes the idle socket 0, and the two take
+	// turns: nothing is added or removed.
+	s.call(Request{Command: "reload"})
+	if gens := s.m.steer["127.0.0.1:0"].gens; !slices.Equal(gens, []int{3, 2}) {
+		t.Fatalf("third generation: gens %v, want [3 2]", gens)
+	}
+	s.settle(func() {})
+	if gens := s.m.steer["127.0.0.1:0"].gens; !slices.Equal(gens, []int{3, 0}) || s.g.removed != 0 || s.g.Len() != 2 {
+		t.Fatalf("after the third: gens %v, %d sockets, %d removed; want [3 0], 2 and none", gens, s.g.Len(), s.g.removed)
+	}
+}
+
+// Three generations at once (a HUP during a rollout) need a third socket;
+// once the pool is down to one generation again, the idle socket at the
+// end of the group is closed, and only that one (nobody is renumbered).
+func TestSimSteerGroupGrowsAndShrinks(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers = 1 })
+	s.readyAll()
+	s.call(Request{Command: "reload"}) // generation 2 on socket 1, its canary starting
+	s.call(Request{Command: "reload"}) // generation 3: no idle socket
+	gens := s.m.steer["127.0.0.1:0"].gens
+	if !slices.Equal(gens, []int{1, 2, 3}) {
+		t.Fatalf("two HUPs: gens %v, want [1 2 3]", gens)
+	}
+	s.settle(func() {})
+	if gens := s.m.steer["127.0.0.1:0"].gens; !slices.Equal(gens, []int{0, 0, 3}) || s.g.removed != 0 {
+		t.Fatalf("generation 3 serving: gens %v, %d removed; want [0 0 3] and none (3 is last)", gens, s.g.removed)
+	}
+	s.call(Request{Command: "reload"})
+	s.settle(func() {})
+	if gens := s.m.steer["127.0.0.1:0"].gens; !slices.Equal(gens, []int{4, 0}) || s.g.removed != 1 {
+		t.Fatalf("generation 4 serving: gens %v, %d removed; want [4 0] and the last one removed", gens, s.g.removed)
+	}
+}
+
+// With max_surge at 100%, a stop waits until the new generation serves
+// with every worker: the serving workers never drop below `workers`.
+func TestSimSteerPauseWaitsForStandIns(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers, c.MaxSurge = 3, "100%" })
+	s.readyAll()
+	s.call(Request{Command: "reload"})
+	minServing := 3
+	s.settle(func() { minServing = min(minServing, s.serving()) })
+	if minServing < 3 {
+		t.Fatalf("serving workers went down to %d, want never below 3", minServing)
+	}
+	if s.m.rollout != nil || len(s.pids(wReady, 2)) != 3 {
+		t.Fatalf("rollout not done: %s", s.describe())
+	}
+}
+
+// A paused worker is signalled only once its generation's queue has been
+// empty for the settle and its group holds no unread request; a request
+// it holds for ever is waited out for its graceful timeout at most.
+func TestSimSteerDrainWaitsForQueueAndUnread(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers, c.GracefulTimeout = 1, 2*time.Second })
+	s.readyAll()
+	old := s.pids(wReady, 1)[0]
+	oldSock := s.g.Socket(0)
+	s.call(Request{Command: "reload"})
+	s.g.queue[oldSock] = 3
+	s.unread[old] = true
+	s.ready(s.pids(wStarting, 2)[0])
+	if s.weightOf(1) != 0 {
+		t.Fatalf("the old generation still weighs %d after the canary", s.weightOf(1))
+	}
+	s.tick(100 * time.Millisecond)
+	s.pump()
+	if s.procs[old].signalled() {
+		t.Fatal("signalled with 3 connections in its generation's queue")
+	}
+	s.g.queue[oldSock] = 0
+	s.tick(drainPoll)
+	s.pump()
+	s.tick(steerSettle)
+	s.pump()
+	if s.procs[old].signalled() || s.checks == 0 {
+		t.Fatalf("signalled with an unread request (%d checks)", s.checks)
+	}
+	s.unread[old] = false
+	s.tick(unreadRetry)
+	s.pump()
+	if !s.procs[old].signalled() {
+		t.Fatalf("not signalled once drained: %s", s.describe())
+	}
+
+	// A request never read: the graceful timeout bounds the wait.
+	s.exit(old, 0)
+	s.settle(func() {})
+	s.call(Request{Command: "reload"})
+	second := s.pids(wReady, 2)[0]
+	s.unread[second] = true
+	s.ready(s.pids(wStarting, 3)[0])
+	s.tick(time.Second)
+	s.pump()
+	if s.procs[second].signalled() {
+		t.Fatal("signalled a second after its pause, with an unread request")
+	}
+	s.tick(time.Second)
+	s.pump()
+	if !s.procs[second].signalled() {
+		t.Fatal("not signalled once its graceful timeout passed")
+	}
+	if s.logs.FilterMessageSnippet("did not drain within the graceful timeout").Len() != 1 {
+		t.Error("want one line saying the generation did not drain")
+	}
+}
+
+// A signalled worker that still accepts keeps its generation paused until
+// it stops listening (or for unlistenCap), so the others of its
+// generation get new connections only once it can take no more.
+func TestSimSteerPauseUntilUnlisten(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers = 2 })
+	s.readyAll()
+	s.call(Request{Command: "reload"})
+	for _, pid := range s.pids(wReady, 1) {
+		s.listening[pid] = true
+	}
+	s.ready(s.pids(wStarting, 2)[0])
+	s.tick(steerSettle + drainPoll)
+	s.pump()
+	var first int
+	for _, pid := range s.pids(wStopping, 1) {
+		if s.procs[pid].signalled() {
+			first = pid
+		}
+	}
+	if first == 0 {
+		t.Fatalf("no old worker signalled: %s", s.describe())
+	}
+	s.tick(100 * time.Millisecond)
+	s.pump()
+	if s.weightOf(1) != 0 {
+		t.Fatalf("generation 1 weighs %d while its signalled worker still listens", s.weightOf(1))
+	}
+	s.listening[first] = false
+	s.tick(unlistenPoll)
+	s.pump()
+	if s.weightOf(1) != 1 {
+		t.Fatalf("generation 1 weighs %d once its signalled worker stopped listening, want 1 (the other)", s.weightOf(1))
+	}
+}
+
+// A recycle in the only generation has nobody to stand in for its
+// worker's generation: it is signalled at once, as without steering, once
+// its replacement is ready.
+func TestSimSteerRecycleOnlyGeneration(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers = 2 })
+	s.readyAll()
+	old := s.pids(wReady, 1)[0]
+	s.m.recycle(s.m.workers[old], recycleRequests)
+	s.advance()
+	s.ready(s.pids(wStarting, 1)[0])
+	if !s.procs[old].signalled() {
+		t.Fatalf("recycled worker not signalled once its replacement was ready: %s", s.describe())
+	}
+	if len(s.m.dr.pauses) != 0 || s.weightOf(1) != 2 {
+		t.Fatalf("pauses %v, weight %d; want no pause and both others serving", s.m.dr.pauses, s.weightOf(1))
+	}
+}
+
+// A bind that cannot steer (a unix socket) is shared by every generation,
+// said once; the rollout goes as without steering.
+func TestSimSteerSharedBind(t *testing.T) {
+	s := buildSimWith(t, func(c *Config) { c.Workers = 1 }, func(s *sim) {
+		s.m.opts.Open = func(addrs []listener.Addr) ([]*listener.Socket, error) {
+			return []*listener.Socket{{Name: addrs[0].Raw}}, nil
+		}
+		s.m.env.group = func(*listener.Socket, []*listener.Socket) (steerGroup, error) {
+			return nil, errors.New("not a listening plain-TCP socket")
+		}
+	})
+	s.m.step()
+	s.readyAll()
+	if len(s.m.steer) != 0 || s.logs.FilterMessage("bind shared by every generation: not steered").Len() != 1 {
+		t.Fatalf("steered %v; want the bind shared, said once", s.m.steer)
+	}
+	s.call(Request{Command: "reload"})
+	s.drive(func() {})
+	if s.m.rollout != nil || s.m.stable != 2 {
+		t.Fatalf("rollout not done: %s", s.describe())
+	}
+}
