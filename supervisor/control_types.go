@@ -39,6 +39,24 @@ type Status struct {
 	Upgrade     string  `json:"upgrade,omitempty"`
 	LastUpgrade string  `json:"last_upgrade,omitempty"`
 	Peer        *Status `json:"peer,omitempty"`
+	// Steer is every steered bind's group (DESIGN §8), by bind.
+	Steer []SteerGroup `json:"steer,omitempty"`
+}
+
+// SteerGroup is one steered bind's reuseport group: its sockets in the
+// kernel's index order, the order the program's weights are written in.
+type SteerGroup struct {
+	Bind    string        `json:"bind"`
+	Sockets []SteerSocket `json:"sockets"`
+}
+
+// SteerSocket is one socket of a steered group.
+type SteerSocket struct {
+	Inode      uint64 `json:"inode"`      // socket:[inode] in a worker's fds
+	Generation int    `json:"generation"` // whose workers have it; 0: idle
+	Weight     uint32 `json:"weight"`     // its share of new connections in the program attached last
+	Queued     int    `json:"queued"`     // connections in its accept queue
+	Paused     bool   `json:"paused,omitempty"`
 }
 
 // Call is a Request on its way to the loop; the loop answers on Reply

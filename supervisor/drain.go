@@ -325,6 +325,15 @@ func (m *master) endPauses(now time.Time) {
 	}
 }
 
+// drainOf is where pid is in its drain, for status (WorkerInfo.Drain).
+func (m *master) drainOf(pid int) string {
+	d := m.dr.drains[pid]
+	if d == nil {
+		return ""
+	}
+	return [...]string{"serving", "paused", "signalled"}[d.phase]
+}
+
 // forgetDrain drops pid's drain: it exited.
 func (m *master) forgetDrain(pid int) { delete(m.dr.drains, pid) }
 

@@ -88,7 +88,8 @@ func (m *master) unsortedStatus() Status {
 			ready++
 		}
 		pool = append(pool, WorkerInfo{Pid: w.proc.Pid, Slot: w.slot, Generation: w.gen, State: w.state.String(),
-			Started: w.proc.Started, Requests: w.requests, Status: w.status, RSS: w.rss, Recycle: w.recycleReason})
+			Started: w.proc.Started, Requests: w.requests, Status: w.status, RSS: w.rss, Recycle: w.recycleReason,
+			Drain: m.drainOf(w.proc.Pid)})
 	}
 	st := Status{Pid: os.Getpid(), Phase: m.phase.String(), Generation: m.stable, Target: m.target,
 		Workers: m.configs[m.target].Workers, Ready: ready, Started: m.started, LastReload: m.lastReload, Pool: pool,
@@ -96,6 +97,7 @@ func (m *master) unsortedStatus() Status {
 	if u := m.upgrade; u != nil {
 		st.Upgrade, st.Peer = u.describe(), u.peer
 	}
+	st.Steer = m.steerStatus()
 	return st
 }
 

@@ -186,13 +186,17 @@ var (
 		"Resident memory of each slot's process groups (all of its workers during a rollout), sampled at most once a second.", []string{"slot"}, nil)
 	descDropped = prometheus.NewDesc("supervisor_notify_datagrams_dropped_total",
 		"Notify datagrams dropped: malformed, oversized, without sender credentials, or from a user that runs no worker.", nil, nil)
+	descSteerWeight = prometheus.NewDesc("supervisor_steer_weight",
+		"A steered bind's socket's share of new connections in the program attached last (steer: auto), by bind and the socket's index in the group.", []string{"bind", "socket"}, nil)
+	descSteerGeneration = prometheus.NewDesc("supervisor_steer_generation",
+		"The generation whose workers have a steered bind's socket; 0: idle.", []string{"bind", "socket"}, nil)
 )
 
 // poolCollector turns the latest snapshot into gauges at scrape time.
 type poolCollector struct{ m *Metrics }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWorkers, descDesired, descGeneration, descRequests, descRSS, descDropped} {
+	for _, d := range []*prometheus.Desc{descWorkers, descDesired, descGeneration, descRequests, descRSS, descDropped, descSteerWeight, descSteerGeneration} {
 		ch <- d
 	}
 }
@@ -218,5 +222,11 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(s.requests))
 	for slot, rss := range c.m.rss.bySlot(st.Pool) {
 		ch <- prometheus.MustNewConstMetric(descRSS, prometheus.GaugeValue, float64(rss), strconv.Itoa(slot))
+	}
+	for _, g := range st.Steer {
+		for i, s := range g.Sockets {
+			ch <- prometheus.MustNewConstMetric(descSteerWeight, prometheus.GaugeValue, float64(s.Weight), g.Bind, strconv.Itoa(i))
+			ch <- prometheus.MustNewConstMetric(descSteerGeneration, prometheus.GaugeValue, float64(s.Generation), g.Bind, strconv.Itoa(i))
+		}
 	}
 }

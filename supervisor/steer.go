@@ -365,6 +365,28 @@ func (m *master) genInodes(gen int) []uint64 {
 	return inos
 }
 
+// steerStatus is the groups as status shows them, by bind.
+func (m *master) steerStatus() []SteerGroup {
+	if len(m.steer) == 0 {
+		return nil
+	}
+	var out []SteerGroup
+	for _, key := range slices.Sorted(maps.Keys(m.steer)) {
+		st := m.steer[key]
+		g := SteerGroup{Bind: key}
+		for i, gen := range st.gens {
+			s := SteerSocket{Inode: m.inodes[st.group.Socket(i).RawFD()], Generation: gen, Paused: gen != 0 && m.dr.pauses[gen] != nil}
+			if i < len(st.attached) {
+				s.Weight = st.attached[i]
+			}
+			s.Queued, _ = st.group.QueueLen(i)
+			g.Sockets = append(g.Sockets, s)
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
 // steerAgain makes the next turn attach every group's program: this master
 // takes the groups back from a new master that died after its commit, and
 // whatever that one attached last is not this master's.

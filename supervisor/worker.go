@@ -91,4 +91,10 @@ type WorkerInfo struct {
 	RSS        int64     `json:"rss,omitempty"`     // bytes: its process group's RSS when the status was taken; 0: unknown
 	Recycle    string    `json:"recycle,omitempty"` // why it is being replaced
 	Status     string    `json:"status,omitempty"`  // last STATUS=
+	// Drain is where a stopping worker of a steered generation is in its
+	// drain (DESIGN §8): "serving" (chosen to stop, its generation still
+	// gets connections), "paused" (its generation gets none; not signalled
+	// yet), "signalled" (its generation waits for it to stop listening);
+	// "" otherwise.
+	Drain string `json:"drain,omitempty"`
 }

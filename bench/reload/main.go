@@ -24,12 +24,16 @@
 // both masters are sampled every 5 ms), storm (unmodified uvicorn, a new
 // connection per request; the reload phase is a HUP every -storm-every for
 // -storm-for, none waiting for a rollout, then the pool settling: answered
-// requests per second, workers started, reloads that succeeded).
+// requests per second, workers started, reloads that succeeded), goplain
+// (the example app stopping the usual Go way, http.Server.Shutdown, which
+// drops a request read after SIGTERM: what steering protects such apps
+// from; its failures are the app's own, printed apart).
 // Every master runs with --ready auto, the default, and --boot-nice from
 // -boot-nice (a comma-separated list runs each scenario once per value,
 // e.g. -boot-nice 0,10 to compare booting at the master's priority and
-// below it). -scenario takes all, one
-// name or a comma-separated list of names.
+// below it), and --steer from -steer (likewise: -steer auto,off runs
+// each scenario steered and with one shared socket per bind). -scenario
+// takes all, one name or a comma-separated list of names.
 //
 // With -plot FILE it also draws each run's requests and reloads over time,
 // one panel per run stacked in one image, its format from FILE's extension
@@ -66,6 +70,7 @@ type options struct {
 	maxRequestsJitter int           // recycle scenario: max_requests_jitter
 	keepalive         bool          // plain, broken and slow; uvicorn runs both ways
 	bootNice          int           // --boot-nice of every master
+	steer             string        // --steer of every master
 	stormEvery        time.Duration // storm scenario: a HUP this often
 	stormFor          time.Duration // storm scenario: for this long
 }
@@ -87,9 +92,10 @@ func main() {
 	flag.BoolVar(&o.keepalive, "keepalive", false, "reuse connections (plain, broken, slow; uvicorn runs both ways)")
 	flag.StringVar(&o.uvicornDir, "uvicorn-dir", "testdata/uvicorn", "the directory of uvicorn's app.py")
 	nices := flag.String("boot-nice", "10", "comma-separated --boot-nice values: each scenario runs once per value (0: off)")
+	steers := flag.String("steer", "auto", "comma-separated --steer values (auto, off): each scenario runs once per value")
 	plotFile := flag.String("plot", "", "draw each run's latencies over time and its reloads into this .png or .svg file")
 	flag.Parse()
-	all := []string{"plain", "broken", "slow", "recycle", "uvicorn", "upgrade", "storm"}
+	all := []string{"plain", "broken", "slow", "recycle", "uvicorn", "upgrade", "storm", "goplain"}
 	names := all
 	if *which != "all" {
 		names = strings.Split(*which, ",")
@@ -104,7 +110,11 @@ func main() {
 		}
 		bootNices = append(bootNices, n)
 	}
-	if *plotFile != "" {
+	steerModes := strings.Split(*steers, ",")
+	if slices.ContainsFunc(steerModes, func(s string) bool { return s != "auto" && s != "off" }) {
+		err = fmt.Errorf("-steer %q: want auto, off, or both comma-separated", *steers)
+	}
+	if *plotFile != "" && err == nil {
 		_, err = plotFormat(*plotFile)
 	}
 	if err == nil {
@@ -117,7 +127,7 @@ func main() {
 		err = fmt.Errorf("%w (build it: go build -o bin/supervisor ./cmd/supervisor)", serr)
 	}
 	if err == nil && (unknown || o.workers < 1 || o.rate < 1 || o.reloads < 1 || o.steady <= 0 || o.stormEvery <= 0 || o.stormFor <= 0) {
-		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle, uvicorn, upgrade and storm, and positive -workers, -rate, -reloads, -steady, -storm-every, -storm-for")
+		err = fmt.Errorf("want -scenario all, or names among plain, broken, slow, recycle, uvicorn, upgrade, storm and goplain, and positive -workers, -rate, -reloads, -steady, -storm-every, -storm-for")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "reload:", err)
@@ -137,22 +147,27 @@ func main() {
 	var panels []panel
 	for _, name := range names {
 		for _, nice := range bootNices {
-			o.bootNice = nice
-			for _, sc := range scenariosNamed(name, o, tmp) {
-				if len(bootNices) > 1 {
-					sc.title += fmt.Sprintf(" (boot_nice %d)", nice)
+			for _, steer := range steerModes {
+				o.bootNice, o.steer = nice, steer
+				for _, sc := range scenariosNamed(name, o, tmp) {
+					if len(bootNices) > 1 {
+						sc.title += fmt.Sprintf(" (boot_nice %d)", nice)
+					}
+					if len(steerModes) > 1 {
+						sc.title += " (steer " + steer + ")"
+					}
+					res, err := run(sc, o)
+					if err != nil {
+						fmt.Printf("\n== %s ==\nPROBLEM: %v\n", sc.title, err)
+						problems++
+						continue
+					}
+					if *plotFile != "" {
+						panels = append(panels, res.panel()) // before print sorts the latencies
+					}
+					res.print(os.Stdout)
+					problems += len(res.problems())
 				}
-				res, err := run(sc, o)
-				if err != nil {
-					fmt.Printf("\n== %s ==\nPROBLEM: %v\n", sc.title, err)
-					problems++
-					continue
-				}
-				if *plotFile != "" {
-					panels = append(panels, res.panel()) // before print sorts the latencies
-				}
-				res.print(os.Stdout)
-				problems += len(res.problems())
 			}
 		}
 	}

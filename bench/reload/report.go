@@ -189,8 +189,8 @@ func (res *result) print(w io.Writer) {
 	printErrors(w, "failed", phases, res.counted)
 	if sc.appResets {
 		n := res.reload.count(isReset)
-		fmt.Fprintf(w, "NOT COUNTED ABOVE, the app's own shutdown behaviour: connections uvicorn accepted just before\n"+
-			"its SIGTERM, reset or closed unanswered: steady %d, reload %d (%.2f%% of the reload phase)\n",
+		fmt.Fprintf(w, "NOT COUNTED ABOVE, the app's own shutdown behaviour: connections the app accepted (or read) just\n"+
+			"before its SIGTERM, reset or closed unanswered: steady %d, reload %d (%.2f%% of the reload phase)\n",
 			res.steady.count(isReset), n, 100*float64(n)/float64(max(1, len(res.reload.latencies))))
 		printErrors(w, "app reset", phases, isReset)
 	}

@@ -65,6 +65,9 @@ func scenariosNamed(name string, o options, tmp string) []scenario {
 					"  echo \"broken deploy: $0 exits 3 while %s exists\" >&2\n  exit 3\nfi\nexec %q example-app\n",
 					marker, marker, o.bin), 0o755)
 			}}}
+	case "goplain":
+		return []scenario{{name: name, title: "goplain: the example app stopping with plain http.Server.Shutdown",
+			args: []string{"--", o.bin, "example-app", "--plain-shutdown"}, keepalive: o.keepalive, appResets: true}}
 	case "upgrade":
 		return []scenario{{name: name, title: "upgrade: the master replaced by USR2, the example app",
 			args: []string{"--", o.bin, "example-app"}, keepalive: o.keepalive, upgrade: true}}
@@ -111,7 +114,7 @@ func run(sc scenario, o options) (*result, error) {
 		}
 	}
 	args := append([]string{"--bind", "127.0.0.1:0", "--workers", strconv.Itoa(o.workers),
-		"--log-format", "json", "--ready", "auto", "--boot-nice", strconv.Itoa(o.bootNice)}, sc.args...)
+		"--log-format", "json", "--ready", "auto", "--boot-nice", strconv.Itoa(o.bootNice), "--steer", o.steer}, sc.args...)
 	logPath := filepath.Join(os.TempDir(), fmt.Sprintf("bench-reload-%s-%d.log", sc.name, time.Now().UnixNano()))
 	m, err := startMaster(o.bin, args, logPath)
 	if err != nil {

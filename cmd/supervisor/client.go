@@ -202,6 +202,9 @@ func printStatus(w io.Writer, st *supervisor.Status, now time.Time) error {
 			fmt.Fprintln(w, line)
 		}
 	}
+	for _, g := range st.Steer {
+		fmt.Fprintln(w, steerLine(g))
+	}
 	if err := printPool(w, st.Pool, now); err != nil {
 		return err
 	}
@@ -218,8 +221,12 @@ func printPool(w io.Writer, pool []supervisor.WorkerInfo, now time.Time) error {
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PID\tSLOT\tGEN\tSTATE\tAGE\tREQUESTS\tRSS\tSTATUS")
 	for _, wi := range pool {
+		state := wi.State
+		if wi.Drain != "" {
+			state += "/" + wi.Drain // a steered stop's drain
+		}
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n",
-			wi.Pid, wi.Slot, wi.Generation, wi.State, age(wi.Started, now), wi.Requests, size(wi.RSS), wi.Status)
+			wi.Pid, wi.Slot, wi.Generation, state, age(wi.Started, now), wi.Requests, size(wi.RSS), wi.Status)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -270,6 +277,28 @@ func generationLines(st *supervisor.Status) []string {
 			g, role, c.total, c.ready, c.starting, c.stopping))
 	}
 	return lines
+}
+
+// steerLine is one steered bind's sockets in index order: "steer
+// 127.0.0.1:8080: socket:[123] generation 3 weight 2, socket:[124] idle".
+func steerLine(g supervisor.SteerGroup) string {
+	parts := make([]string, len(g.Sockets))
+	for i, s := range g.Sockets {
+		p := fmt.Sprintf("socket:[%d] ", s.Inode)
+		if s.Generation == 0 {
+			p += "idle"
+		} else {
+			p += fmt.Sprintf("generation %d weight %d", s.Generation, s.Weight)
+		}
+		if s.Paused {
+			p += " (paused)"
+		}
+		if s.Queued > 0 {
+			p += fmt.Sprintf(" queued %d", s.Queued)
+		}
+		parts[i] = p
+	}
+	return "steer " + g.Bind + ": " + strings.Join(parts, ", ")
 }
 
 // size is a byte count for people (12.3MiB), "-" when unknown (0).

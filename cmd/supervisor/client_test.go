@@ -221,15 +221,20 @@ func TestPrintStatus(t *testing.T) {
 		Pool: []supervisor.WorkerInfo{
 			{Pid: 5001, Slot: 0, Generation: 3, State: "ready", Started: now.Add(-90*time.Second - 600*time.Millisecond), Requests: 1234, RSS: 9_876_543, Status: "serving"},
 			{Pid: 15002, Slot: 1, Generation: 3, State: "starting"},
-		}}
+			{Pid: 4999, Slot: 1, Generation: 2, State: "stopping", Drain: "paused"},
+		},
+		Steer: []supervisor.SteerGroup{{Bind: "127.0.0.1:8080", Sockets: []supervisor.SteerSocket{
+			{Inode: 77, Generation: 2, Paused: true, Queued: 1}, {Inode: 78, Generation: 3, Weight: 1}, {Inode: 79}}}}}
 	var b strings.Builder
 	if err := printStatus(&b, st, now); err != nil {
 		t.Fatal(err)
 	}
 	want := `master 4242: running, generation 3, ready 1/2, up 1h0m0s, last reload: none
-PID    SLOT  GEN  STATE     AGE    REQUESTS  RSS     STATUS
-5001   0     3    ready     1m31s  1234      9.4MiB  serving
-15002  1     3    starting  -      0         -
+steer 127.0.0.1:8080: socket:[77] generation 2 weight 0 (paused) queued 1, socket:[78] generation 3 weight 1, socket:[79] idle
+PID    SLOT  GEN  STATE            AGE    REQUESTS  RSS     STATUS
+5001   0     3    ready            1m31s  1234      9.4MiB  serving
+15002  1     3    starting         -      0         -
+4999   1     2    stopping/paused  -      0         -
 `
 	if got := b.String(); got != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", got, want)

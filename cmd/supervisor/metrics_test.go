@@ -171,6 +171,9 @@ var designMetrics = []struct {
 	{"supervisor_control_requests_total", dto.MetricType_COUNTER, []string{"command", "result"},
 		map[string][]string{"command": {"reload", "scale", "status", "stop"}, "result": {"error", "ok", "rejected"}}},
 	{"supervisor_upgrades_total", dto.MetricType_COUNTER, []string{"result"}, nil},
+	{"supervisor_steer_weight", dto.MetricType_GAUGE, []string{"bind", "socket"}, map[string][]string{"socket": {"0", "1"}}},
+	{"supervisor_steer_generation", dto.MetricType_GAUGE, []string{"bind", "socket"}, map[string][]string{"socket": {"0", "1"}}},
+	{"supervisor_steer_pause_seconds", dto.MetricType_HISTOGRAM, nil, nil},
 	{"process_resident_memory_bytes", dto.MetricType_GAUGE, nil, nil},
 	{"process_cpu_seconds_total", dto.MetricType_COUNTER, nil, nil},
 	{"process_open_fds", dto.MetricType_GAUGE, nil, nil},
@@ -180,8 +183,10 @@ var designMetrics = []struct {
 }
 
 // allowedLabels is every label name /metrics may use: bounded sets only.
-// "slot" is the only per-worker one; no pid, ever.
-var allowedLabels = []string{"command", "cause", "goversion", "how", "reason", "result", "slot", "state", "version"}
+// "slot" is the only per-worker one; no pid, ever. "bind" is one of the
+// config's binds, "socket" an index in a steered bind's group (two, and
+// more only while more generations live at once).
+var allowedLabels = []string{"bind", "command", "cause", "goversion", "how", "reason", "result", "slot", "socket", "state", "version"}
 
 // /metrics of a master that has rolled out one reload and rolled back
 // another parses as the Prometheus text format, has every metric DESIGN §6
