@@ -23,7 +23,6 @@ import (
 // the documentation says so.
 type Group struct {
 	socks []*Socket
-	ipv6  bool
 }
 
 // NewGroup makes the group of first, a listening plain-TCP socket bound
@@ -35,11 +34,7 @@ func NewGroup(first *Socket, more ...*Socket) (*Group, error) {
 	if err := reusePortListener(fd, first.Name); err != nil {
 		return nil, err
 	}
-	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
-	if err != nil {
-		return nil, fmt.Errorf("%s: getsockopt SO_DOMAIN: %w", first.Name, err)
-	}
-	g := &Group{socks: []*Socket{first}, ipv6: family == unix.AF_INET6}
+	g := &Group{socks: []*Socket{first}}
 	for _, s := range more {
 		if err := reusePortListener(s.RawFD(), s.Name); err != nil {
 			return nil, err
@@ -80,10 +75,6 @@ func (g *Group) Socket(i int) *Socket { return g.socks[i] }
 // Sockets returns the sockets in index order (a copy).
 func (g *Group) Sockets() []*Socket { return append([]*Socket(nil), g.socks...) }
 
-// IPv6 reports whether the group's sockets are IPv6 (dual-stack ones
-// included): a probe's TCP header is further into the packet (Steer.IPv6).
-func (g *Group) IPv6() bool { return g.ipv6 }
-
 // Add creates a sibling of socket 0 (Socket.Sibling: same address and
 // options, blocking, close-on-exec) and returns it with its index, the
 // group's size before. The caller owns it (Remove or Close it).
@@ -115,14 +106,12 @@ func (g *Group) Remove(i int) error {
 	return err
 }
 
-// Attach builds s's program (with s.IPv6 set from the group) and attaches
-// it to the group, replacing the one before. s.Weights has one weight per
-// socket, in index order.
+// Attach builds s's program and attaches it to the group, replacing the
+// one before. s.Weights has one weight per socket, in index order.
 func (g *Group) Attach(s Steer) error {
 	if len(s.Weights) != len(g.socks) {
 		return fmt.Errorf("steer: %d weights for a group of %d sockets", len(s.Weights), len(g.socks))
 	}
-	s.IPv6 = g.ipv6
 	prog, err := s.Program()
 	if err != nil {
 		return err

@@ -27,13 +27,12 @@ type Steer struct {
 	Weights []uint32
 	// ProbePort, when non-zero, sends every connection from that TCP
 	// source port to ProbeIndex, whatever the weights: a probe of a
-	// generation that has no weight yet.
+	// generation that has no weight yet. The program finds the TCP header
+	// after the IP header of the packet's own version (20 bytes of IPv4
+	// without options, as a SYN from Linux has them, or 40 of IPv6), so a
+	// dual-stack group takes probes of either family.
 	ProbePort  uint16
 	ProbeIndex uint32
-	// IPv6 says where the TCP header starts: after 40 bytes of IPv6
-	// header instead of 20 of IPv4 (without options, as a SYN from Linux
-	// has them).
-	IPv6 bool
 }
 
 // maxSteerSockets keeps the program well under the kernel's 4,096
@@ -56,12 +55,14 @@ func (s Steer) Program() ([]unix.SockFilter, error) {
 	}
 	var prog []bpf.Instruction
 	if s.ProbePort != 0 {
-		tcp := uint32(20)
-		if s.IPv6 {
-			tcp = 40
-		}
+		net := uint32(skfNetOff & 0xffffffff) // the negative offset as the kernel reads it
 		prog = append(prog,
-			bpf.LoadAbsolute{Off: uint32(int32(skfNetOff) + int32(tcp)), Size: 2},     // the TCP source port
+			bpf.LoadAbsolute{Off: net, Size: 1},                                       // the IP header's first byte
+			bpf.ALUOpConstant{Op: bpf.ALUOpShiftRight, Val: 4},                        // its version
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: 6, SkipTrue: 2},                      // IPv6: to its load
+			bpf.LoadAbsolute{Off: net + 20, Size: 2},                                  // IPv4: the TCP source port
+			bpf.Jump{Skip: 1},                                                         // IPv4: over the IPv6 load
+			bpf.LoadAbsolute{Off: net + 40, Size: 2},                                  // IPv6: the TCP source port
 			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(s.ProbePort), SkipTrue: 1}, // not the probe: skip its return
 			bpf.RetConstant{Val: s.ProbeIndex},
 		)

@@ -174,14 +174,17 @@ func TestSteerWeightsAgainstTheKernel(t *testing.T) {
 
 // TestSteerProbePort: a connection from the probe port lands on the probe
 // index, though that socket has no weight, over IPv4 and IPv6 (where the
-// TCP header starts 40 bytes in, not 20).
+// TCP header starts 40 bytes in, not 20), and over both on a dual-stack
+// group ([::]), which gets packets of either version.
 func TestSteerProbePort(t *testing.T) {
-	for _, a := range []string{"127.0.0.1", "::1"} {
-		t.Run(a, func(t *testing.T) {
-			addr := netip.MustParseAddr(a)
-			fds, port := reuseportGroup(t, addr, 2)
+	for _, c := range []struct{ bind, client string }{
+		{"127.0.0.1", "127.0.0.1"}, {"::1", "::1"}, {"::", "127.0.0.1"}, {"::", "::1"},
+	} {
+		t.Run(c.bind+" from "+c.client, func(t *testing.T) {
+			addr := netip.MustParseAddr(c.client)
+			fds, port := reuseportGroup(t, netip.MustParseAddr(c.bind), 2)
 			probe := probePort(t, addr)
-			prog, err := Steer{Weights: []uint32{1, 0}, ProbePort: uint16(probe), ProbeIndex: 1, IPv6: addr.Is6()}.Program()
+			prog, err := Steer{Weights: []uint32{1, 0}, ProbePort: uint16(probe), ProbeIndex: 1}.Program()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -61,15 +61,18 @@ type Config struct {
 	// master, until it is ready.
 	BootNice int
 	// Steer is SteerAuto or SteerOff (DESIGN §8); taken at start.
-	Steer     string
-	Chdir     string
-	User      string
-	Group     string
-	PidFile   string
-	Control   string // control socket; "": the caller picks one
-	Metrics   string // HOST:PORT or unix:/path for /metrics and /health; "": none
-	LogLevel  string
-	LogFormat string
+	Steer string
+	// CanaryProbe is "" (off), "tcp" or "http:/PATH": how a steered
+	// reload's canary is probed before it gets live connections (probe.go).
+	CanaryProbe string
+	Chdir       string
+	User        string
+	Group       string
+	PidFile     string
+	Control     string // control socket; "": the caller picks one
+	Metrics     string // HOST:PORT or unix:/path for /metrics and /health; "": none
+	LogLevel    string
+	LogFormat   string
 }
 
 // Resolved is a validated Config turned into what the master uses.
@@ -82,6 +85,7 @@ type Resolved struct {
 	StopSig     syscall.Signal      // parsed StopSignal
 	Credential  *syscall.Credential // nil: run workers as the master's user
 	MetricsAddr *listener.Addr      // parsed Metrics; nil: none
+	Probe       *Probe              // parsed CanaryProbe; nil: off
 }
 
 // Validate checks c and resolves what the master needs. Each error is one
@@ -139,6 +143,9 @@ func (c Config) Validate() (*Resolved, error) {
 		return nil, errors.New("no --bind: give at least one address, e.g. --bind 127.0.0.1:8080")
 	}
 	if r.Addrs, err = listener.ParseAll(c.Bind); err != nil {
+		return nil, err
+	}
+	if r.Probe, err = ParseProbe(c.CanaryProbe); err != nil {
 		return nil, err
 	}
 	switch c.Steer {

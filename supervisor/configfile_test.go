@@ -45,6 +45,7 @@ func TestLoadFileGood(t *testing.T) {
 		Timeout:           30 * time.Second,
 		BootNice:          5,
 		Steer:             SteerOff,
+		CanaryProbe:       "http:/health/ready",
 		Chdir:             "/",
 		Control:           "/tmp/supervisor-test.sock",
 		Metrics:           "127.0.0.1:0",
@@ -112,7 +113,7 @@ func TestLoadFileRejects(t *testing.T) {
 	}{
 		{"unknown key", "workers: 2\nworker: 3\n",
 			`config.yaml:2:1: unknown key "worker" (did you mean "workers"?): accepted keys are ` + strings.Join(Keys(), ", ")},
-		{"dash for underscore", "graceful-timeout: 5s\n", `config.yaml:1:1: unknown key "graceful-timeout" (did you mean "graceful_timeout"?): accepted keys are bind, boot_nice, chdir, command,`},
+		{"dash for underscore", "graceful-timeout: 5s\n", `config.yaml:1:1: unknown key "graceful-timeout" (did you mean "graceful_timeout"?): accepted keys are bind, boot_nice, canary_probe, chdir, command,`},
 		{"no suggestion", "zzz: 1\n", `config.yaml:1:1: unknown key "zzz": accepted keys are bind,`},
 		{"wrong type", "bind: [\":1\"]\nworkers: two\n", `config.yaml:2:10: workers: want an integer, got "two"`},
 		{"float for int", "workers: 2.5\n", `config.yaml:1:10: workers: want an integer, got "2.5"`},

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	mrand "math/rand/v2"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -35,21 +36,27 @@ type env struct {
 	listening func(watch map[int][]uint64) ([]int, map[int]error)
 	// async runs f off the loop (go f()); the simulator runs it at once.
 	async func(f func())
+	// probeSocket opens a canary probe's socket, bound to a port of its
+	// own; probe runs one attempt with it, off the loop (probe.go).
+	probeSocket func(to netip.AddrPort) (fd int, port uint16, err error)
+	probe       func(probeAttempt) error
 }
 
 // osEnv is the real thing: spawn is workers.Start, short of RLIMIT_NPROC
 // (limits.go).
 func osEnv() env {
 	return env{
-		spawn:     spawnWithinLimits,
-		signal:    (*workers.Process).Signal,
-		renice:    workers.Renice,
-		now:       time.Now,
-		rand:      mrand.Int64N,
-		trim:      trimMemory,
-		group:     newGroup,
-		unread:    workers.UnreadGroups,
-		listening: workers.ListenScan,
-		async:     func(f func()) { go f() },
+		spawn:       spawnWithinLimits,
+		signal:      (*workers.Process).Signal,
+		renice:      workers.Renice,
+		now:         time.Now,
+		rand:        mrand.Int64N,
+		trim:        trimMemory,
+		group:       newGroup,
+		unread:      workers.UnreadGroups,
+		listening:   workers.ListenScan,
+		async:       func(f func()) { go f() },
+		probeSocket: openProbeSocket,
+		probe:       runProbe,
 	}
 }

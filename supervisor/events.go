@@ -138,6 +138,11 @@ func (m *master) onNotify(n workers.Notification) bool {
 // OnReady (the pid file), the "ready" log line, READY=1 to systemd; so
 // whoever sees the log line or systemd's READY=1 finds the pid file.
 func (m *master) markReady(w *worker) {
+	if m.mustProbe(w) {
+		w.delayedReadyAt = time.Time{} // said; the probe decides now
+		m.startProbe(w)                // ready once probed (probe.go)
+		return
+	}
 	now := m.env.now()
 	w.setState(wReady)
 	w.wasReady = true

@@ -132,3 +132,18 @@ func FuzzReadRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseProbe: canary_probe never panics, every error is one line, and
+// a probe it accepts has a path safe to put in a request line.
+func FuzzParseProbe(f *testing.F) {
+	for _, s := range []string{"", "tcp", "http:/health/ready", "http:/", "http:", "http:x", "http:/a b", "http:/a\r\nX: y", "TCP"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParseProbe(s)
+		oneLine(t, "ParseProbe", err)
+		if err == nil && p != nil && p.HTTP && (!strings.HasPrefix(p.Path, "/") || strings.ContainsFunc(p.Path, func(r rune) bool { return r <= ' ' || r > '~' })) {
+			t.Fatalf("ParseProbe(%q) accepted path %q", s, p.Path)
+		}
+	})
+}

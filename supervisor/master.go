@@ -87,10 +87,13 @@ type master struct {
 	nice bootNice // boot_nice, fixed at start (bootnice.go)
 
 	// Steering (steer.go, drain.go).
-	steerOn bool                 // steer: auto at start
-	steer   map[string]*steered  // by bind key: the binds that steer
-	inherit map[string]inherited // by bind key: groups the master before an upgrade steered, until opened
-	dr      drainState
+	steerOn      bool                 // steer: auto at start
+	steer        map[string]*steered  // by bind key: the binds that steer
+	inherit      map[string]inherited // by bind key: groups the master before an upgrade steered, until opened
+	dr           drainState
+	probe        *probing         // the canary being probed (probe.go); nil: none
+	probed       map[int]bool     // generations whose canary passed its probe
+	probeResults chan probeResult // from a probe attempt, buffered 1
 }
 
 // newMaster is the master before its first step: generation 1 is cfg, no
@@ -103,29 +106,31 @@ func newMaster(cfg *Resolved, opts Options, e env) *master {
 		opts.Metrics = NewMetrics("")
 	}
 	return &master{
-		opts:        opts,
-		env:         e,
-		log:         opts.Log,
-		metrics:     opts.Metrics,
-		exited:      make(chan workers.Exit, 64),
-		listenScans: make(chan listenScan, 1),
-		rss:         make(chan map[int]int64, 1),
-		inodes:      map[int]uint64{},
-		started:     e.now(),
-		configs:     map[int]*Resolved{1: cfg},
-		genSockets:  map[int][]*listener.Socket{},
-		sockets:     map[string][]*listener.Socket{},
-		stable:      1,
-		target:      1,
-		lastGen:     1,
-		workers:     make(map[int]*worker),
-		restarts:    make(map[int]time.Time),
-		crashes:     make(map[int]int),
-		refill:      make(map[int]string),
-		steerOn:     cfg.Steer == SteerAuto,
-		steer:       map[string]*steered{},
-		inherit:     map[string]inherited{},
-		dr:          newDrainState(),
+		opts:         opts,
+		env:          e,
+		log:          opts.Log,
+		metrics:      opts.Metrics,
+		exited:       make(chan workers.Exit, 64),
+		listenScans:  make(chan listenScan, 1),
+		rss:          make(chan map[int]int64, 1),
+		inodes:       map[int]uint64{},
+		started:      e.now(),
+		configs:      map[int]*Resolved{1: cfg},
+		genSockets:   map[int][]*listener.Socket{},
+		sockets:      map[string][]*listener.Socket{},
+		stable:       1,
+		target:       1,
+		lastGen:      1,
+		workers:      make(map[int]*worker),
+		restarts:     make(map[int]time.Time),
+		crashes:      make(map[int]int),
+		refill:       make(map[int]string),
+		steerOn:      cfg.Steer == SteerAuto,
+		steer:        map[string]*steered{},
+		inherit:      map[string]inherited{},
+		dr:           newDrainState(),
+		probed:       map[int]bool{},
+		probeResults: make(chan probeResult, 1),
 	}
 }
 
@@ -165,6 +170,8 @@ func (m *master) loop(notes <-chan []workers.Notification) error {
 			m.onRSS(rss)
 		case c := <-m.dr.checks:
 			m.onDrainCheck(c)
+		case r := <-m.probeResults:
+			m.onProbeResult(r)
 		case msg, ok := <-m.linkIn():
 			m.onLink(msg, ok)
 		case <-m.metrics.live.wake: // a liveness check: the turn answers it
@@ -183,7 +190,9 @@ func (m *master) advance() {
 	m.onTick(now)
 	m.step()
 	m.advanceDrains(now)
+	m.advanceProbe(now)
 	m.applyWeights()
+	m.launchProbe()
 	m.startPendingUpgrade()
 	m.planTrim(now)
 	m.publish()

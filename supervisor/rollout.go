@@ -241,6 +241,11 @@ func (m *master) release() {
 			delete(m.genSockets, gen)
 		}
 	}
+	for gen := range m.probed {
+		if !live[gen] {
+			delete(m.probed, gen)
+		}
+	}
 	m.releaseSockets(live)
 	used := map[string]bool{}
 	for _, cfg := range m.configs {

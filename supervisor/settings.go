@@ -82,6 +82,8 @@ var settings = []Setting{
 		Usage: "start each new worker this much nicer (lower CPU priority) than the master until it is ready, so booting workers leave the serving ones their CPU; 0: off"},
 	{Key: "steer", field: func(c *Config) any { return &c.Steer }, def: SteerAuto,
 		Usage: "auto: each generation listens on its own SO_REUSEPORT socket of every TCP bind, and a BPF program sends new connections only to generations that serve, so a worker is asked to stop only once nothing waits for it; off: one socket per bind, shared by every generation (taken at start)"},
+	{Key: "canary_probe", field: func(c *Config) any { return &c.CanaryProbe },
+		Usage: "with steering, probe a reload's canary before it gets any live connection: http:/PATH (GET, wants 200, e.g. http:/health/ready) or tcp (accepted); retried until --ready-timeout, a failure rolls the reload back; empty: off"},
 	{Key: "chdir", field: func(c *Config) any { return &c.Chdir },
 		Usage: "working directory of the workers"},
 	{Key: "user", Short: "u", field: func(c *Config) any { return &c.User },

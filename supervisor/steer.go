@@ -51,6 +51,9 @@ type steered struct {
 	group    steerGroup
 	gens     []int    // by socket index: the generation whose workers have it; 0: idle
 	attached []uint32 // the weights attached last; nil: none since this master took charge
+	// attachedProbe is the canary probe's source port in the program
+	// attached last; 0: none.
+	attachedProbe uint16
 }
 
 // inherited is a steered bind's group as the master before an upgrade had
@@ -288,14 +291,20 @@ func (m *master) applyWeights() {
 			}
 			ws[i] = 1
 		}
-		if slices.Equal(ws, st.attached) {
+		s := listener.Steer{Weights: ws}
+		if p := m.probe; p != nil && p.key == st.key && p.port != 0 {
+			if i := slices.Index(st.gens, p.w.gen); i >= 0 {
+				s.ProbePort, s.ProbeIndex = p.port, uint32(i)
+			}
+		}
+		if slices.Equal(ws, st.attached) && s.ProbePort == st.attachedProbe {
 			continue
 		}
-		if err := st.group.Attach(listener.Steer{Weights: ws}); err != nil {
+		if err := st.group.Attach(s); err != nil {
 			m.log.Warn("steering: attaching the program", zap.String("bind", st.key), zap.Error(err))
 			continue
 		}
-		st.attached = ws
+		st.attached, st.attachedProbe = ws, s.ProbePort
 		m.log.Debug("steering", zap.String("bind", st.key), zap.String("weights", weightsString(st.gens, ws)))
 	}
 }
@@ -392,7 +401,7 @@ func (m *master) steerStatus() []SteerGroup {
 // whatever that one attached last is not this master's.
 func (m *master) steerAgain() {
 	for _, st := range m.steer {
-		st.attached = nil
+		st.attached, st.attachedProbe = nil, 0
 	}
 }
 

@@ -3,13 +3,16 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/supervisor-dev/supervisor/listener"
 	"github.com/supervisor-dev/supervisor/workers"
+	"golang.org/x/sys/unix"
 )
 
 // fakeGroup is a steered bind's group in the simulator: sockets without a
@@ -18,6 +21,8 @@ type fakeGroup struct {
 	socks    []*listener.Socket
 	queue    map[*listener.Socket]int // connections waiting, by socket
 	attached [][]uint32               // every program's weights, in order
+	probe    listener.Steer           // the program attached last
+	probing  []listener.Steer         // every program with a probe port, in order
 	removed  int
 }
 
@@ -44,6 +49,10 @@ func (g *fakeGroup) Attach(s listener.Steer) error {
 		return fmt.Errorf("%d weights for %d sockets", len(s.Weights), len(g.socks))
 	}
 	g.attached = append(g.attached, slices.Clone(s.Weights))
+	g.probe = s
+	if s.ProbePort != 0 {
+		g.probing = append(g.probing, s)
+	}
 	return nil
 }
 
@@ -68,6 +77,9 @@ type steerSim struct {
 	// weighed: the weight its generation had in the program attached last
 	// when the master first signalled pid.
 	weighed map[int]uint32
+	// probeErr is what each canary probe attempt gets; probes counts them.
+	probeErr error
+	probes   int
 }
 
 func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
@@ -77,7 +89,7 @@ func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
 		s.m.opts.Open = func(addrs []listener.Addr) ([]*listener.Socket, error) {
 			var out []*listener.Socket
 			for _, a := range addrs {
-				out = append(out, &listener.Socket{Name: a.Raw, Addr: a.Raw})
+				out = append(out, &listener.Socket{Name: a.Raw, Addr: "127.0.0.1:8080"})
 			}
 			return out, nil
 		}
@@ -106,6 +118,15 @@ func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
 			return out, nil
 		}
 		s.m.env.async = func(f func()) { f() }
+		s.m.env.probeSocket = func(netip.AddrPort) (int, uint16, error) {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			return fd, uint16(40000 + ss.probes), err
+		}
+		s.m.env.probe = func(a probeAttempt) error {
+			unix.Close(a.fd)
+			ss.probes++
+			return ss.probeErr
+		}
 		signal := s.m.env.signal
 		s.m.env.signal = func(p *workers.Process, sig syscall.Signal) error {
 			if _, ok := ss.weighed[p.Pid]; !ok && s.m.workers[p.Pid] != nil {
@@ -120,12 +141,16 @@ func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
 	return ss
 }
 
-// pump applies the checks that came back: the loop's other event source.
+// pump applies the checks and probe attempts that came back: the loop's
+// other event sources.
 func (s *sim) pump() {
 	for {
 		select {
 		case c := <-s.m.dr.checks:
 			s.m.onDrainCheck(c)
+			s.advance()
+		case r := <-s.m.probeResults:
+			s.m.onProbeResult(r)
 			s.advance()
 		default:
 			return
@@ -406,5 +431,74 @@ func TestSimSteerSharedBind(t *testing.T) {
 	s.drive(func() {})
 	if s.m.rollout != nil || s.m.stable != 2 {
 		t.Fatalf("rollout not done: %s", s.describe())
+	}
+}
+
+// With canary_probe, a steered reload's canary that says it is ready is
+// probed first: its generation gets no weight, the program sends the
+// probe's port to its socket, and it counts as ready only once a probe
+// passes; a probe that keeps failing fails it at its ready timeout, which
+// rolls the reload back and says why. The next reload's canary passes at
+// its first attempt and the rollout goes on.
+func TestSimCanaryProbe(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) {
+		c.Workers, c.CanaryProbe, c.ReadyTimeout = 2, "http:/health/ready", 2*time.Second
+	})
+	s.readyAll()
+	s.probeErr = errors.New("GET http://127.0.0.1:8080/health/ready: 503 Service Unavailable, want 200 OK")
+	reply := s.call(Request{Command: "reload", Wait: true})
+	canary := s.pids(wStarting, 2)[0]
+	s.ready(canary)
+	s.pump()
+	if w := s.m.workers[canary]; w.state != wStarting || s.weightOf(2) != 0 {
+		t.Fatalf("canary said ready, probe failing: state %s, weight %d; want starting with no weight", w.state, s.weightOf(2))
+	}
+	if len(s.g.probing) != 1 || s.g.probing[0].ProbeIndex != 1 || s.g.probing[0].Weights[1] != 0 || s.probes != 1 {
+		t.Fatalf("programs with a probe port %+v after %d attempts; want one, sending it to socket 1, weightless", s.g.probing, s.probes)
+	}
+	for range 15 {
+		s.tick(probeEvery)
+		s.pump()
+	}
+	if s.probes < 10 || s.m.workers[canary].state != wStarting {
+		t.Fatalf("%d attempts in 1.5s, canary %s; want one each 100ms and still starting", s.probes, s.m.workers[canary].state)
+	}
+	s.tick(time.Second) // past its ready timeout
+	r := answer(t, reply)
+	if r.OK || !containsAll(r.Error, "rolled back", "failed its canary probe", "503 Service Unavailable", "--canary-probe http:/health/ready") {
+		t.Fatalf("reload --wait answered %+v", r)
+	}
+	s.settle(func() {})
+	if s.m.stable != 1 || len(s.pids(wReady, 1)) != 2 || s.m.probe != nil {
+		t.Fatalf("after the rollback: %s, probe %+v", s.describe(), s.m.probe)
+	}
+
+	s.probeErr, s.probes = nil, 0
+	reply = s.call(Request{Command: "reload", Wait: true})
+	s.ready(s.pids(wStarting, 3)[0])
+	s.pump()
+	if s.probes != 1 || len(s.pids(wReady, 3)) != 1 || s.weightOf(3) == 0 {
+		t.Fatalf("probe passing: %d attempts, %s, weight %d; want the canary ready and weighted after one", s.probes, s.describe(), s.weightOf(3))
+	}
+	s.settle(func() {})
+	if r := answer(t, reply); !r.OK || s.probes != 1 {
+		t.Fatalf("reload --wait answered %+v after %d probes; want success, only the canary probed", r, s.probes)
+	}
+	if s.g.probe.ProbePort != 0 {
+		t.Errorf("the probe's port is still in the program: %+v", s.g.probe)
+	}
+}
+
+func TestParseProbe(t *testing.T) {
+	for in, want := range map[string]string{"": "<nil>", "tcp": "tcp", "http:/health/ready": "http:/health/ready"} {
+		p, err := ParseProbe(in)
+		if got := fmt.Sprint(p); err != nil || (p == nil) != (in == "") || (p != nil && got != want) {
+			t.Errorf("ParseProbe(%q) = %v, %v; want %s", in, p, err, want)
+		}
+	}
+	for _, in := range []string{"http", "http:", "http:health", "https:/x", "http:/a b", "udp"} {
+		if _, err := ParseProbe(in); err == nil || !strings.Contains(err.Error(), "--canary-probe") {
+			t.Errorf("ParseProbe(%q): %v, want an error naming --canary-probe", in, err)
+		}
 	}
 }

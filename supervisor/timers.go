@@ -16,6 +16,7 @@ import (
 //   - master.nextTrim: the end of a quiet spell, when memory is trimmed;
 //   - master.dr.nextPoll: while a steered generation is paused, the next
 //     reading of its queues (drain.go);
+//   - master.probe.nextAt: a canary probe's next attempt (probe.go);
 //   - master.restarts: a crashed slot's backoff;
 //   - worker.readyBy, worker.delayedReadyAt: a starting worker's ready
 //     timeout, or its --ready delay;
@@ -28,6 +29,9 @@ import (
 // nextDeadline is the earliest time the loop must wake without an event.
 func (m *master) nextDeadline() (time.Time, bool) {
 	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan, m.nextTrim, m.dr.nextPoll}
+	if p := m.probe; p != nil && !p.busy && p.fd < 0 {
+		ts = append(ts, p.nextAt)
+	}
 	for _, at := range m.restarts {
 		ts = append(ts, at)
 	}
@@ -106,8 +110,11 @@ func (m *master) missedHeartbeat(w *worker) {
 // notReady handles a worker that missed its ready timeout: it is stopped,
 // and counts as failed.
 func (m *master) notReady(w *worker) {
-	reason := fmt.Sprintf("worker %d (pid %d) was not ready within %s: %s (--ready %s %s)",
-		w.slot, w.proc.Pid, w.cfg.ReadyTimeout, commandLine(w.cfg), w.cfg.Ready, readyHint(w.cfg.Ready))
+	reason := m.probeFailure(w)
+	if reason == "" {
+		reason = fmt.Sprintf("worker %d (pid %d) was not ready within %s: %s (--ready %s %s)",
+			w.slot, w.proc.Pid, w.cfg.ReadyTimeout, commandLine(w.cfg), w.cfg.Ready, readyHint(w.cfg.Ready))
+	}
 	w.timedOut = true
 	m.stop(w, w.cfg.StopSig, min(fastGrace, w.cfg.GracefulTimeout))
 	m.workerFailed(w.slot, w.gen, reason, m.env.now().Sub(w.proc.Started), w.fields(), msgReplacing)

@@ -139,10 +139,16 @@ func countRequests(h http.Handler, n *atomic.Int64) http.Handler {
 		h = http.DefaultServeMux
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
+		if r.UserAgent() != ProbeUserAgent { // the master's canary probe is no traffic
+			n.Add(1)
+		}
 		h.ServeHTTP(w, r)
 	})
 }
+
+// ProbeUserAgent is the User-Agent of the master's canary probe
+// (canary_probe); Serve does not count its requests in X_REQUESTS.
+const ProbeUserAgent = "supervisor-canary-probe"
 
 // connTracker counts connections that are new or active.
 type connTracker struct {

@@ -153,7 +153,7 @@ func TestCheckRejects(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"unknown key", []string{"-c", configs + "unknown-key.yaml"}, `unknown-key.yaml:3:1: unknown key "worker" (did you mean "workers"?): accepted keys are bind, boot_nice, chdir, command,`},
+		{"unknown key", []string{"-c", configs + "unknown-key.yaml"}, `unknown-key.yaml:3:1: unknown key "worker" (did you mean "workers"?): accepted keys are bind, boot_nice, canary_probe, chdir, command,`},
 		{"wrong type", []string{"-c", configs + "wrong-type.yaml"}, `wrong-type.yaml:2:10: workers: want an integer, got "two"`},
 		{"bad duration", []string{"-c", configs + "bad-duration.yaml"}, `bad-duration.yaml:4:19: graceful_timeout: bad duration "soon"`},
 		{"command as a string", []string{"-c", configs + "command-string.yaml"}, `command-string.yaml:1:10: command: want a list of strings, got the string "./app --port 8080": write command: ["./app", "--port", "8080"]`},

@@ -39,6 +39,7 @@ type contractFacts struct {
 func newExampleAppCommand() *cobra.Command {
 	var bootDelay time.Duration
 	var plainShutdown bool
+	health := http.StatusOK
 	notify := true
 	c := &cobra.Command{
 		Use:    "example-app",
@@ -58,6 +59,9 @@ func newExampleAppCommand() *cobra.Command {
 				UID:          os.Getuid(),
 				GID:          os.Getgid(),
 			}
+			if health < 100 || health > 599 {
+				return fmt.Errorf("--health-status %d: want an HTTP status, 100 to 599", health)
+			}
 			facts.FD3Protocol, _ = unix.GetsockoptInt(3, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 			// A simulated warm-up (not a wait for a condition), before the
 			// listener exists: listen readiness sees a Go app once it has it.
@@ -69,7 +73,7 @@ func newExampleAppCommand() *cobra.Command {
 			if !notify {
 				os.Unsetenv("NOTIFY_SOCKET") // readiness comes from elsewhere (a wrapper, --ready delay); no reports either
 			}
-			srv := &http.Server{Handler: exampleHandler(facts), ReadHeaderTimeout: 10 * time.Second}
+			srv := &http.Server{Handler: exampleHandler(facts, health), ReadHeaderTimeout: 10 * time.Second}
 			if plainShutdown {
 				return servePlain(srv, lns)
 			}
@@ -78,6 +82,7 @@ func newExampleAppCommand() *cobra.Command {
 	}
 	c.Flags().BoolVar(&notify, "notify", notify, "speak sd_notify: READY=1 when serving, WATCHDOG=1, X_REQUESTS=N")
 	c.Flags().DurationVar(&bootDelay, "boot-delay", 0, "wait this long before serving and sending READY=1")
+	c.Flags().IntVar(&health, "health-status", health, "the status /health/ready answers (a canary probe wants 200)")
 	c.Flags().BoolVar(&plainShutdown, "plain-shutdown", false, "on SIGTERM, stop the usual Go way (http.Server.Shutdown), which drops a request read after it began (DESIGN §5): what steering protects such apps from")
 	return c
 }
@@ -102,8 +107,12 @@ func servePlain(srv *http.Server, lns []net.Listener) error {
 	return err
 }
 
-func exampleHandler(facts contractFacts) http.Handler {
+func exampleHandler(facts contractFacts, health int) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/health/ready", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(health)
+		fmt.Fprintf(w, "%d from pid %d\n", health, facts.Pid)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from pid %d slot %s generation %s\n", facts.Pid, facts.Slot, facts.Generation)
 	})

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/supervisor-dev/supervisor/internal/testkit"
+	"github.com/supervisor-dev/supervisor/supervisor"
 )
 
 // Steered generations (DESIGN §8), end to end with the real binary.
@@ -22,11 +25,18 @@ import (
 // TestSteeringSavesPlainShutdown: a Go app that stops with plain
 // http.Server.Shutdown drops a request it reads after SIGTERM (DESIGN §5).
 // Under 16 clients, each request on a new connection, 5 reloads of 2
-// workers: steered, no request fails; with --steer off the same run loses
-// some (about 6 a reload here), so this test can tell.
+// workers: steered, no request fails, with net.ipv4.tcp_migrate_req 0 and
+// 1 (set for the run, as root, then put back); with --steer off the same
+// run loses some (about 6 a reload here), so this test can tell.
 func TestSteeringSavesPlainShutdown(t *testing.T) {
-	for _, steer := range []string{"auto", "off"} {
-		t.Run(steer, func(t *testing.T) {
+	for _, tc := range []struct {
+		steer, migrate string // migrate: "" leaves the sysctl as it is
+	}{{"auto", "0"}, {"auto", "1"}, {"off", ""}} {
+		steer := tc.steer
+		t.Run(fmt.Sprintf("steer %s, tcp_migrate_req %s", steer, cmp.Or(tc.migrate, "as is")), func(t *testing.T) {
+			if tc.migrate != "" {
+				setSysctl(t, migrateReq, tc.migrate)
+			}
 			p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--steer", steer, "--", self(t), "example-app", "--plain-shutdown")
 			addr := p.ready()
 			stop := load(t, addr, 16)
@@ -48,6 +58,28 @@ func TestSteeringSavesPlainShutdown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// migrateReq is the sysctl that moves a closing listener's queue to
+// another socket of its reuseport group.
+const migrateReq = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+// setSysctl writes value to the sysctl at path for the test, and puts the
+// value it had back at its end; it skips the test where it may not.
+func setSysctl(t *testing.T, path, value string) {
+	t.Helper()
+	was, err := os.ReadFile(path)
+	if err != nil {
+		t.Skipf("%s: %v", path, err)
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		t.Skipf("cannot set %s (root only): %v", path, err)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(path, was, 0o644); err != nil {
+			t.Errorf("putting %s back to %s: %v", path, strings.TrimSpace(string(was)), err)
+		}
+	})
 }
 
 // TestUvicornSteeredReloads: unmodified uvicorn (--fd 3) resets the
@@ -138,5 +170,191 @@ func TestUnixBindStaysShared(t *testing.T) {
 	}
 	if n := p.countLogs("bind shared by every generation: not steered"); n != 1 {
 		t.Errorf("said %d times that the bind is shared, want once", n)
+	}
+}
+
+// TestSteerCapacitySampled: through 3 reloads of 4 workers, the status is
+// sampled every 5 ms and counts the ready workers whose generation has a
+// weight in the program (a worker chosen to stop still serves until its
+// generation pauses). With max_surge 100% the new generation is wholly
+// ready before the old one pauses: never fewer than 4. With max_surge 1
+// a pause leaves the stand-ins only, never nobody; the figures are logged.
+func TestSteerCapacitySampled(t *testing.T) {
+	for _, tc := range []struct {
+		surge string
+		least int
+	}{{"100%", 4}, {"1", 1}} {
+		t.Run("max_surge "+tc.surge, func(t *testing.T) {
+			p := start(t, "--bind", "127.0.0.1:0", "--workers", "4", "--max-surge", tc.surge, "--", self(t), "example-app")
+			p.ready()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 1; i <= 3; i++ {
+					p.signal(syscall.SIGHUP)
+					p.waitLogCount("reload succeeded", i, 30*time.Second)
+				}
+				// The last old workers drain after the rollout: wait for them.
+				testkit.WaitFor(t, 10*time.Second, "four workers", func() bool { return len(children(p.cmd.Process.Pid)) == 4 })
+			}()
+			path := controlPath(p.cmd)
+			least, samples, busy := 4, 0, 0
+			pausedSince := map[int]time.Time{}
+			var longest time.Duration
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for sampling := true; sampling; {
+				select {
+				case <-done:
+					sampling = false
+				case <-tick.C:
+				}
+				resp, err := supervisor.CallControl(path, supervisor.Request{Command: "status"}, 5*time.Second)
+				if err != nil || resp.Status == nil || len(resp.Status.Steer) != 1 {
+					t.Fatalf("status: %v, %+v", err, resp)
+				}
+				st := resp.Status
+				samples++
+				weighs, paused := map[int]bool{}, map[int]bool{}
+				for _, s := range st.Steer[0].Sockets {
+					weighs[s.Generation] = s.Weight > 0
+					paused[s.Generation] = s.Paused
+				}
+				serving := 0
+				for _, w := range st.Pool {
+					if weighs[w.Generation] && (w.State == "ready" || w.Drain == "serving") {
+						serving++
+					}
+				}
+				if st.Target != st.Generation || len(st.Pool) > 4 {
+					busy++
+				}
+				least = min(least, serving)
+				now := time.Now()
+				for gen, on := range paused {
+					switch since, was := pausedSince[gen]; {
+					case on && !was:
+						pausedSince[gen] = now
+					case !on && was:
+						longest = max(longest, now.Sub(since))
+						delete(pausedSince, gen)
+					}
+				}
+			}
+			t.Logf("max_surge %s: %d samples, %d during a rollout or a drain; serving workers never below %d; longest pause seen %s",
+				tc.surge, samples, busy, least, longest)
+			if busy == 0 {
+				t.Error("no sample caught a rollout")
+			}
+			if least < tc.least {
+				t.Errorf("serving workers went down to %d, want never below %d", least, tc.least)
+			}
+		})
+	}
+}
+
+// TestCanaryProbe: with --canary-probe http:/health/ready, a reload whose
+// app answers 503 there is rolled back at its ready timeout, and its canary
+// serves no live request meanwhile (no answer under load comes from it,
+// and the X_REQUESTS it reports stays 0: the probe is no traffic); once it
+// answers 200 the reload rolls out. A tcp probe passes on an app that
+// accepts.
+func TestCanaryProbe(t *testing.T) {
+	sick := filepath.Join(t.TempDir(), "sick")
+	app := writeScript(t, fmt.Sprintf("if [ -e %s ]; then exec %s example-app --health-status 503; fi\nexec %s example-app\n", sick, self(t), self(t)))
+	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "3s", "--canary-probe", "http:/health/ready", "--", app)
+	addr := p.ready()
+	if err := os.WriteFile(sick, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	answered := map[string]int{} // "pid N" -> answers
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100000; i++ {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				body, err := get("http://" + addr + "/")
+				if err != nil {
+					t.Errorf("a request failed: %v", err)
+					return
+				}
+				f := strings.Fields(body) // hello from pid N slot S generation G
+				mu.Lock()
+				answered["pid "+f[3]]++
+				mu.Unlock()
+			}
+		}()
+	}
+	stopLoad := func() { close(quit); wg.Wait() }
+	defer func() {
+		select {
+		case <-quit:
+		default:
+			stopLoad()
+		}
+	}()
+
+	type result struct {
+		out  string
+		code int
+	}
+	done := make(chan result, 1)
+	go func() { out, code := p.client("reload", "--wait"); done <- result{out, code} }()
+	line := p.waitLog("canary says it is ready; probing it before it gets live connections", 20*time.Second)
+	canary := int(line["pid"].(float64))
+	probing := 0
+	for sampling := true; sampling; {
+		select {
+		case r := <-done:
+			if r.code == 0 || !strings.Contains(r.out, "failed its canary probe") || !strings.Contains(r.out, "503") {
+				t.Fatalf("reload --wait with a sick app: exit %d: %s; want it rolled back, naming the probe and the 503", r.code, r.out)
+			}
+			t.Logf("reload --wait: %s", strings.TrimSpace(r.out))
+			sampling = false
+		case <-time.After(100 * time.Millisecond):
+			resp, err := supervisor.CallControl(controlPath(p.cmd), supervisor.Request{Command: "status"}, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range resp.Status.Pool {
+				if w.Pid == canary {
+					probing++
+					if w.Requests != 0 || w.State == "ready" {
+						t.Errorf("the canary being probed is %s and reports %d requests; want never ready, and 0", w.State, w.Requests)
+					}
+				}
+			}
+		}
+	}
+	mu.Lock()
+	if n := answered[fmt.Sprintf("pid %d", canary)]; n > 0 {
+		t.Errorf("the canary (pid %d) answered %d live requests", canary, n)
+	}
+	mu.Unlock()
+	t.Logf("the canary was seen probing in %d status samples; answers by pid: %v", probing, answered)
+
+	if err := os.Remove(sick); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := p.client("reload", "--wait"); code != 0 {
+		t.Fatalf("reload --wait with a healthy app: exit %d: %s", code, out)
+	}
+	if p.countLogs("canary probe passed") != 1 {
+		t.Error("want one 'canary probe passed' line")
+	}
+	stopLoad()
+
+	tp := start(t, "--bind", "127.0.0.1:0", "--workers", "1", "--canary-probe", "tcp", "--", self(t), "example-app")
+	tp.ready()
+	if out, code := tp.client("reload", "--wait"); code != 0 || tp.countLogs("canary probe passed") != 1 {
+		t.Fatalf("reload --wait with a tcp probe: exit %d: %s", code, out)
 	}
 }
