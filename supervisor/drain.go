@@ -140,8 +140,9 @@ func (m *master) drainGrace(d *drain) time.Duration {
 }
 
 // standIns is how many serving workers the generations other than gen
-// have while they get connections, and whether a worker that is starting
-// could add to them.
+// have while they get connections, and whether more could join them: a
+// worker that is starting, or a ready one of a generation paused for
+// another stop, which gets its weight back when that pause ends.
 func (m *master) standIns(gen int) (serving int, growing bool) {
 	seen := map[int]bool{gen: true}
 	for _, st := range m.steer {
@@ -153,7 +154,7 @@ func (m *master) standIns(gen int) (serving int, growing bool) {
 		}
 	}
 	for _, w := range m.workers {
-		if w.state == wStarting && w.gen != gen {
+		if w.gen != gen && (w.state == wStarting || (w.state == wReady && m.dr.pauses[w.gen] != nil)) {
 			growing = true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -30,7 +31,7 @@ import (
 // was answered exactly once, and nothing is left.
 func randomRun(t testing.TB, pick func(n int) int, events int) {
 	t.Helper()
-	s := newSim(t, func(c *Config) {
+	edit := func(c *Config) {
 		c.Workers = 1 + pick(4)
 		c.MaxSurge = []string{"25%", "1", "2"}[pick(3)]
 		c.ReadyTimeout = 2 * time.Second
@@ -38,7 +39,17 @@ func randomRun(t testing.TB, pick func(n int) int, events int) {
 		c.MaxRequests = []int{0, 5}[pick(2)]
 		c.MaxLifetime = []time.Duration{0, 4 * time.Second}[pick(2)]
 		c.ShutdownDelay = []time.Duration{0, time.Second}[pick(2)]
-	})
+	}
+	// Half the runs steer (steer.go, drain.go), through a fake group whose
+	// queues are empty and whose workers read everything at once.
+	var ss *steerSim
+	var s *sim
+	if pick(2) == 1 {
+		ss = newSteerSim(t, edit)
+		s = ss.sim
+	} else {
+		s = newSim(t, edit)
+	}
 	step := 0
 	proven := map[int]bool{} // generations that had a ready worker
 	s.check = func(readyBefore, spawnedBefore int) {
@@ -56,6 +67,14 @@ func randomRun(t testing.TB, pick func(n int) int, events int) {
 		if r := s.m.rollout; r != nil && !r.rollback && !proven[s.m.target] {
 			if live := len(s.pids(wStarting, s.m.target)); live > 1 {
 				t.Fatalf("step %d: %d target workers start before the canary is ready: %s", step, live, s.describe())
+			}
+		}
+		if ss != nil {
+			if w := ss.g.weights(); len(w) > 0 && slices.Max(w) == 0 {
+				t.Fatalf("step %d: a program with no weight anywhere: %v", step, w)
+			}
+			if len(ss.unprotected) > 0 {
+				t.Fatalf("step %d: ready workers asked to stop while their generation still got connections: %v: %s", step, ss.unprotected, s.describe())
 			}
 		}
 	}
@@ -81,6 +100,7 @@ func randomRun(t testing.TB, pick func(n int) int, events int) {
 	requests := map[int]int64{}
 
 	for step = 0; step < events && s.m.phase != stopping; step++ {
+		s.pump()
 		switch pick(15) {
 		case 0, 1, 2:
 			if ps := s.pids(wStarting, 0); len(ps) > 0 {

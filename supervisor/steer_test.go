@@ -80,9 +80,13 @@ type steerSim struct {
 	// probeErr is what each canary probe attempt gets; probes counts them.
 	probeErr error
 	probes   int
+	// unprotected lists the ready workers asked to stop (stop_signal, while
+	// running) whose generation still weighed something while another did
+	// too: a steered stop that skipped its drain though it had stand-ins.
+	unprotected []string
 }
 
-func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
+func newSteerSim(t testing.TB, edit func(*Config)) *steerSim {
 	t.Helper()
 	ss := &steerSim{unread: map[int]bool{}, listening: map[int]bool{}, weighed: map[int]uint32{}}
 	s := buildSimWith(t, edit, func(s *sim) {
@@ -129,8 +133,19 @@ func newSteerSim(t *testing.T, edit func(*Config)) *steerSim {
 		}
 		signal := s.m.env.signal
 		s.m.env.signal = func(p *workers.Process, sig syscall.Signal) error {
-			if _, ok := ss.weighed[p.Pid]; !ok && s.m.workers[p.Pid] != nil {
-				ss.weighed[p.Pid] = ss.weightOf(s.m.workers[p.Pid].gen)
+			if w := s.m.workers[p.Pid]; w != nil {
+				if _, ok := ss.weighed[p.Pid]; !ok {
+					ss.weighed[p.Pid] = ss.weightOf(w.gen)
+				}
+				others := 0 // the weights as the master has them now
+				for _, g := range s.m.steer["127.0.0.1:0"].gens {
+					if g != w.gen {
+						others += s.m.weight(g)
+					}
+				}
+				if own := s.m.weight(w.gen); sig == w.cfg.StopSig && w.wasReady && s.m.phase == running && own > 0 && others > 0 {
+					ss.unprotected = append(ss.unprotected, fmt.Sprintf("%d (generation %d weighs %d, the others %d)", p.Pid, w.gen, own, others))
+				}
 			}
 			return signal(p, sig)
 		}
