@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -335,11 +336,12 @@ func TestCanaryProbe(t *testing.T) {
 		}
 	}
 	mu.Lock()
-	if n := answered[fmt.Sprintf("pid %d", canary)]; n > 0 {
+	byPid := maps.Clone(answered)
+	mu.Unlock()
+	if n := byPid[fmt.Sprintf("pid %d", canary)]; n > 0 {
 		t.Errorf("the canary (pid %d) answered %d live requests", canary, n)
 	}
-	mu.Unlock()
-	t.Logf("the canary was seen probing in %d status samples; answers by pid: %v", probing, answered)
+	t.Logf("the canary was seen probing in %d status samples; answers by pid: %v", probing, byPid)
 
 	if err := os.Remove(sick); err != nil {
 		t.Fatal(err)
