@@ -117,6 +117,14 @@ func TestMasterKilledLeavesNoWorkers(t *testing.T) {
 // load sends requests from n clients until stop is called; it returns how
 // many failed.
 func load(t *testing.T, addr string, n int) (stop func() (ok, failed int64)) {
+	return loadEach(n, func() (string, error) { return get("http://" + addr + "/") }, nil)
+}
+
+// loadEach runs n clients, each calling fetch (at most 100,000 times)
+// until stop is called, and each answer that is not an error through
+// answer (nil: none); stop returns how many answered and how many failed,
+// and may be called again.
+func loadEach(n int, fetch func() (string, error), answer func(body string)) (stop func() (ok, failed int64)) {
 	var okN, failN atomic.Int64
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
@@ -130,10 +138,14 @@ func load(t *testing.T, addr string, n int) (stop func() (ok, failed int64)) {
 					return
 				default:
 				}
-				if _, err := get("http://" + addr + "/"); err != nil {
+				body, err := fetch()
+				if err != nil {
 					failN.Add(1)
-				} else {
-					okN.Add(1)
+					continue
+				}
+				okN.Add(1)
+				if answer != nil {
+					answer(body)
 				}
 			}
 		}()

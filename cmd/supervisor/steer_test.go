@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -127,47 +126,30 @@ func TestUnixBindStaysShared(t *testing.T) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", path)
 		},
 	}}
-	var okN, failN atomic.Int64
 	var errs sync.Map
-	quit := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 100000; i++ {
-				select {
-				case <-quit:
-					return
-				default:
-				}
-				resp, err := c.Get("http://app/")
-				if err == nil {
-					body := readAll(resp.Body)
-					resp.Body.Close()
-					if !strings.HasPrefix(body, "hello from pid") {
-						err = fmt.Errorf("answer %q", body)
-					}
-				}
-				if err != nil {
-					failN.Add(1)
-					errs.Store(err.Error(), true)
-				} else {
-					okN.Add(1)
-				}
-			}
-		}()
-	}
+	stop := loadEach(4, func() (string, error) {
+		resp, err := c.Get("http://app/")
+		if err != nil {
+			errs.Store(err.Error(), true)
+			return "", err
+		}
+		body := readAll(resp.Body)
+		resp.Body.Close()
+		if !strings.HasPrefix(body, "hello from pid") {
+			errs.Store("answer "+body, true)
+			return "", fmt.Errorf("answer %q", body)
+		}
+		return body, nil
+	}, nil)
 	for i := 1; i <= 5; i++ {
 		p.signal(syscall.SIGHUP)
 		p.waitLogCount("reload succeeded", i, 30*time.Second)
 	}
-	close(quit)
-	wg.Wait()
-	t.Logf("%d requests ok, %d failed during 5 reloads", okN.Load(), failN.Load())
-	if okN.Load() == 0 || failN.Load() > 0 {
+	ok, failed := stop()
+	t.Logf("%d requests ok, %d failed during 5 reloads", ok, failed)
+	if ok == 0 || failed > 0 {
 		errs.Range(func(k, _ any) bool { t.Log(k); return true })
-		t.Errorf("%d requests failed (%d ok), want none", failN.Load(), okN.Load())
+		t.Errorf("%d requests failed (%d ok), want none", failed, ok)
 	}
 	if n := p.countLogs("bind shared by every generation: not steered"); n != 1 {
 		t.Errorf("said %d times that the bind is shared, want once", n)
@@ -270,38 +252,13 @@ func TestCanaryProbe(t *testing.T) {
 	}
 	var mu sync.Mutex
 	answered := map[string]int{} // "pid N" -> answers
-	quit := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 100000; i++ {
-				select {
-				case <-quit:
-					return
-				default:
-				}
-				body, err := get("http://" + addr + "/")
-				if err != nil {
-					t.Errorf("a request failed: %v", err)
-					return
-				}
-				f := strings.Fields(body) // hello from pid N slot S generation G
-				mu.Lock()
-				answered["pid "+f[3]]++
-				mu.Unlock()
-			}
-		}()
-	}
-	stopLoad := func() { close(quit); wg.Wait() }
-	defer func() {
-		select {
-		case <-quit:
-		default:
-			stopLoad()
-		}
-	}()
+	stopLoad := loadEach(4, func() (string, error) { return get("http://" + addr + "/") }, func(body string) {
+		f := strings.Fields(body) // hello from pid N slot S generation G
+		mu.Lock()
+		answered["pid "+f[3]]++
+		mu.Unlock()
+	})
+	defer stopLoad()
 
 	type result struct {
 		out  string
@@ -352,7 +309,9 @@ func TestCanaryProbe(t *testing.T) {
 	if p.countLogs("canary probe passed") != 1 {
 		t.Error("want one 'canary probe passed' line")
 	}
-	stopLoad()
+	if ok, failed := stopLoad(); ok == 0 || failed > 0 {
+		t.Errorf("%d requests failed (%d ok) through the two reloads, want none", failed, ok)
+	}
 
 	tp := start(t, "--bind", "127.0.0.1:0", "--workers", "1", "--canary-probe", "tcp", "--", self(t), "example-app")
 	tp.ready()
