@@ -18,6 +18,8 @@ import (
 
 	"github.com/supervisor-dev/supervisor/internal/testkit"
 	"github.com/supervisor-dev/supervisor/supervisor"
+	"github.com/supervisor-dev/supervisor/workers"
+	"golang.org/x/sys/unix"
 )
 
 // Steered generations (DESIGN §8), end to end with the real binary.
@@ -317,5 +319,59 @@ func TestCanaryProbe(t *testing.T) {
 	tp.ready()
 	if out, code := tp.client("reload", "--wait"); code != 0 || tp.countLogs("canary probe passed") != 1 {
 		t.Fatalf("reload --wait with a tcp probe: exit %d: %s", code, out)
+	}
+}
+
+// TestSystemdSocketSteeredWithReusePort: a socket systemd passes is
+// steered when it has SO_REUSEPORT (ReusePort=yes), the master adding its
+// generations' sockets to its group, and shared, said once, when it has
+// not. The test plays systemd: LISTEN_FDS, LISTEN_FDNAMES, and LISTEN_PID
+// set by the exec shim.
+func TestSystemdSocketSteeredWithReusePort(t *testing.T) {
+	for _, reuse := range []bool{true, false} {
+		t.Run(fmt.Sprintf("SO_REUSEPORT %v", reuse), func(t *testing.T) {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := os.NewFile(uintptr(fd), "http") // the test's own socket, with no master running yet
+			t.Cleanup(func() { f.Close() })
+			if reuse {
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Listen(fd, 128); err != nil {
+				t.Fatal(err)
+			}
+			cmd := command(t, workers.ShimArg, self(t), "supervisor", "run", "--bind", "systemd:http", "--workers", "2", "--", self(t), "example-app")
+			cmd.ExtraFiles = []*os.File{f}
+			cmd.Env = append(cmd.Env, "LISTEN_FDS=1", "LISTEN_FDNAMES=http")
+			p := startCmd(t, cmd)
+			p.waitLog("ready", 30*time.Second)
+			if out, code := p.client("reload", "--wait"); code != 0 {
+				t.Fatalf("reload --wait: exit %d: %s", code, out)
+			}
+			st := p.controlStatus()
+			shared := p.countLogs("bind shared by every generation: not steered")
+			switch {
+			case reuse && (len(st.Steer) != 1 || st.Steer[0].Bind != "systemd:http" || len(st.Steer[0].Sockets) != 2 || shared != 0):
+				t.Fatalf("with SO_REUSEPORT: steered %+v, said shared %d times; want the group of systemd:http, 2 sockets", st.Steer, shared)
+			case !reuse && (len(st.Steer) != 0 || shared != 1):
+				t.Fatalf("without SO_REUSEPORT: steered %+v, said shared %d times; want it shared, said once", st.Steer, shared)
+			}
+			sa, _ := unix.Getsockname(fd)
+			addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+			want := "hello from pid" // shared: an old worker may still answer
+			if reuse {
+				want = "generation 2" // steered: the old generation gets nothing
+			}
+			if body, err := get("http://" + addr + "/"); err != nil || !strings.Contains(body, want) {
+				t.Fatalf("GET after the reload: %q, %v; want %q", body, err, want)
+			}
+		})
 	}
 }
