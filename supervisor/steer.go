@@ -54,6 +54,7 @@ type steered struct {
 	// attachedProbe is the canary probe's source port in the program
 	// attached last; 0: none.
 	attachedProbe uint16
+	next          []uint32 // applyWeights' scratch: the weights as they are now
 }
 
 // inherited is a steered bind's group as the master before an upgrade had
@@ -275,7 +276,8 @@ func (m *master) applyWeights() {
 		return
 	}
 	for _, st := range m.steer {
-		ws := make([]uint32, len(st.gens))
+		ws := append(st.next[:0], make([]uint32, len(st.gens))...)
+		st.next = ws
 		var sum uint32
 		for i, g := range st.gens {
 			ws[i] = uint32(m.weight(g))
@@ -304,7 +306,7 @@ func (m *master) applyWeights() {
 			m.log.Warn("steering: attaching the program", zap.String("bind", st.key), zap.Error(err))
 			continue
 		}
-		st.attached, st.attachedProbe = ws, s.ProbePort
+		st.attached, st.attachedProbe = slices.Clone(ws), s.ProbePort
 		m.log.Debug("steering", zap.String("bind", st.key), zap.String("weights", weightsString(st.gens, ws)))
 	}
 }
