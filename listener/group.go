@@ -50,20 +50,22 @@ func reusePortListener(fd int, name string) error {
 	if fd < 0 {
 		return fmt.Errorf("%s: closed", name)
 	}
-	get := func(level, opt int) int {
-		v, err := unix.GetsockoptInt(fd, level, opt)
-		if err != nil {
-			return -1
-		}
-		return v
-	}
-	if get(unix.SOL_SOCKET, unix.SO_PROTOCOL) != unix.IPPROTO_TCP || get(unix.SOL_SOCKET, unix.SO_ACCEPTCONN) != 1 {
+	if sockopt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL) != unix.IPPROTO_TCP || sockopt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN) != 1 {
 		return fmt.Errorf("%s: not a listening plain-TCP socket: only those can be steered", name)
 	}
-	if get(unix.SOL_SOCKET, unix.SO_REUSEPORT) != 1 {
+	if sockopt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT) != 1 {
 		return fmt.Errorf("%s: bound without SO_REUSEPORT, so it has no reuseport group", name)
 	}
 	return nil
+}
+
+// sockopt is fd's integer socket option, -1 when it cannot be read.
+func sockopt(fd, level, opt int) int {
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		return -1
+	}
+	return v
 }
 
 // Len is the number of sockets in the group.
@@ -71,9 +73,6 @@ func (g *Group) Len() int { return len(g.socks) }
 
 // Socket returns the socket at index i.
 func (g *Group) Socket(i int) *Socket { return g.socks[i] }
-
-// Sockets returns the sockets in index order (a copy).
-func (g *Group) Sockets() []*Socket { return append([]*Socket(nil), g.socks...) }
 
 // Add creates a sibling of socket 0 (Socket.Sibling: same address and
 // options, blocking, close-on-exec) and returns it with its index, the

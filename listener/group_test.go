@@ -33,8 +33,8 @@ func TestGroupMirrorsTheKernel(t *testing.T) {
 	}
 	port := int(netip.MustParseAddrPort(first.Addr).Port())
 	fds := make([]int, g.Len())
-	for i, s := range g.Sockets() {
-		fds[i] = s.RawFD()
+	for i := range fds {
+		fds[i] = g.Socket(i).RawFD()
 	}
 	for want := range g.Len() {
 		w := make([]uint32, g.Len())

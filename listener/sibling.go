@@ -18,13 +18,6 @@ func (s *Socket) Sibling() (*Socket, error) {
 	if err := reusePortListener(fd, s.Name); err != nil {
 		return nil, err
 	}
-	get := func(level, opt int) int {
-		v, err := unix.GetsockoptInt(fd, level, opt)
-		if err != nil {
-			return -1
-		}
-		return v
-	}
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
 		return nil, fmt.Errorf("%s: getsockopt TCP_INFO: %w", s.Name, err)
@@ -34,7 +27,7 @@ func (s *Socket) Sibling() (*Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: getsockname: %w", s.Name, err)
 	}
-	family := get(unix.SOL_SOCKET, unix.SO_DOMAIN)
+	family := sockopt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	nfd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
 		return nil, fmt.Errorf("%s: socket: %w", s.Name, err)
@@ -48,7 +41,7 @@ func (s *Socket) Sibling() (*Socket, error) {
 		opts = append(opts, struct{ level, opt int }{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY})
 	}
 	for _, o := range opts {
-		if v := get(o.level, o.opt); v >= 0 {
+		if v := sockopt(fd, o.level, o.opt); v >= 0 {
 			if err = unix.SetsockoptInt(nfd, o.level, o.opt, v); err != nil {
 				break
 			}
