@@ -54,10 +54,10 @@ func nprocHeadroom() error {
 	if uid == 0 || hasCapability(unix.CAP_SYS_RESOURCE) || hasCapability(unix.CAP_SYS_ADMIN) {
 		return nil
 	}
-	if total, ok := systemThreads(); ok && total+nprocReserve <= lim.Cur {
+	if total, ok := systemThreads("/proc"); ok && total+nprocReserve <= lim.Cur {
 		return nil
 	}
-	n := userThreads(uid)
+	n := userThreads("/proc", uid)
 	if n+nprocReserve <= lim.Cur {
 		return nil
 	}
@@ -77,9 +77,10 @@ func hasCapability(c int) bool {
 }
 
 // systemThreads is the number of threads on the system: the field after
-// the slash in /proc/loadavg ("0.00 0.01 0.05 1/523 4242").
-func systemThreads() (uint64, bool) {
-	b, err := os.ReadFile("/proc/loadavg")
+// the slash in proc's loadavg ("0.00 0.01 0.05 1/523 4242"). proc is
+// "/proc" but in tests.
+func systemThreads(proc string) (uint64, bool) {
+	b, err := os.ReadFile(proc + "/loadavg")
 	if err != nil {
 		return 0, false
 	}
@@ -95,10 +96,10 @@ func systemThreads() (uint64, bool) {
 	return n, err == nil
 }
 
-// userThreads counts the threads of every process whose real uid is uid,
-// as RLIMIT_NPROC does.
-func userThreads(uid int) uint64 {
-	entries, err := os.ReadDir("/proc")
+// userThreads counts the threads of every process under proc (which is
+// "/proc" but in tests) whose real uid is uid, as RLIMIT_NPROC does.
+func userThreads(proc string, uid int) uint64 {
+	entries, err := os.ReadDir(proc)
 	if err != nil {
 		return 0
 	}
@@ -107,7 +108,7 @@ func userThreads(uid int) uint64 {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		n += threadsOf("/proc/"+e.Name()+"/status", uid)
+		n += threadsOf(proc+"/"+e.Name()+"/status", uid)
 	}
 	return n
 }
