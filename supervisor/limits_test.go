@@ -27,13 +27,13 @@ func TestNprocCounts(t *testing.T) {
 		}
 	}
 	status := func(uid, threads int) string {
-		return fmt.Sprintf("Name:\tapp\nUid:\t%d\t%d\t%d\t%d\nThreads:\t%d\n", uid, uid+1, uid, uid, threads)
+		return fmt.Sprintf("Name:\tapp\nUid:\t%d\t%d\t%d\t%d\nThreads:\t%d\n", uid, uid, uid, uid, threads)
 	}
 	write("loadavg", "0.00 0.01 0.05 2/40 4242\n")
 	write("1/status", status(1000, 3))
 	write("2/status", status(0, 5))
 	write("17/status", status(1000, 1))
-	write("18/status", status(1001, 7))                                // effective uid 1000: the real uid counts
+	write("18/status", "Uid:\t1001\t1000\t1000\t1000\nThreads:\t7\n")  // effective uid 1000: the real uid counts
 	write("sys/status", status(1000, 9))                               // not a pid
 	if err := os.Mkdir(filepath.Join(proc, "19"), 0o755); err != nil { // gone meanwhile
 		t.Fatal(err)
