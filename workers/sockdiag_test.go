@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/supervisor-dev/supervisor/internal/testkit"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -53,7 +54,8 @@ func inodeOf(t *testing.T, c net.Conn) uint64 {
 // TestUnread: an accepted connection whose request has arrived but not
 // been read is reported, over IPv4 and IPv6, and still is once the client
 // has shut down its side (CLOSE_WAIT); once read it is not; a socket
-// outside the set never is.
+// outside the set never is. The per-family dumps, Unread's fallback, agree
+// with the one walk at every step.
 func TestUnread(t *testing.T) {
 	for _, network := range []string{"tcp4", "tcp6"} {
 		t.Run(network, func(t *testing.T) {
@@ -84,13 +86,28 @@ func TestUnread(t *testing.T) {
 				}
 				return len(got)
 			}
+			// agree is called where the count can no longer change.
+			agree := func(want int) {
+				t.Helper()
+				byFamily := map[uint64]bool{}
+				for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+					if err := dumpUnread(familyReq(family), mine, byFamily); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if len(byFamily) != want {
+					t.Errorf("the per-family dumps found %d unread, the one walk %d", len(byFamily), want)
+				}
+			}
 			if n := count(); n != 0 {
 				t.Fatalf("before any request: %d unread, want 0", n)
 			}
+			agree(0)
 			if _, err := client.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
 				t.Fatal(err)
 			}
 			testkit.WaitFor(t, 5*time.Second, "the request to show as unread", func() bool { return count() == 1 })
+			agree(1)
 			if got, err := Unread(map[uint64]bool{inodeOf(t, server) + 1: true}); err != nil || len(got) != 0 {
 				t.Errorf("another inode: %v, %v; want none", got, err)
 			}
@@ -108,6 +125,7 @@ func TestUnread(t *testing.T) {
 			if n := count(); n != 0 {
 				t.Fatalf("after reading: %d unread, want 0", n)
 			}
+			agree(0)
 		})
 	}
 }
