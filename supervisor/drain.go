@@ -35,11 +35,11 @@ import (
 // generation would leave new connections nowhere to go.
 
 const (
-	steerSettle  = 5 * time.Millisecond  // queues empty this long before the unread check
-	drainPoll    = 2 * time.Millisecond  // how often a paused generation's queues are read
-	unreadRetry  = 5 * time.Millisecond  // the next unread check after one found a request
-	unlistenPoll = 10 * time.Millisecond // how often signalled workers are checked for listening
-	unlistenCap  = time.Second           // a signalled worker's generation waits no longer for it
+	steerSettle  = 5 * time.Millisecond // queues empty this long before the unread check
+	drainPoll    = 2 * time.Millisecond // how often a paused generation's queues are read
+	unreadRetry  = 5 * time.Millisecond // the next unread check after one found a request
+	unlistenPoll = 2 * time.Millisecond // how often signalled workers are checked for listening
+	unlistenCap  = time.Second          // a signalled worker's generation waits no longer for it
 )
 
 // drainPhase is where a worker chosen to stop is in its drain.
@@ -237,6 +237,11 @@ func (m *master) advanceDrains(now time.Time) {
 	dr.nextPoll = time.Time{}
 	if len(dr.pauses) > 0 {
 		dr.nextPoll = now.Add(drainPoll)
+	}
+	for _, p := range dr.pauses { // a settle ends on time, not at the next poll
+		if end := p.emptyAt.Add(steerSettle); !p.emptyAt.IsZero() && end.After(now) && end.Before(dr.nextPoll) {
+			dr.nextPoll = end
+		}
 	}
 }
 

@@ -373,6 +373,31 @@ func TestSimSteerDrainWaitsForQueueAndUnread(t *testing.T) {
 	}
 }
 
+// The loop wakes when a paused generation's settle ends, not at the queue
+// poll after it: the unread check, and the signal, come no later than
+// they must.
+func TestSimSteerSettleEndsOnTime(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers = 1 })
+	s.readyAll()
+	s.call(Request{Command: "reload"})
+	s.ready(s.pids(wStarting, 2)[0])
+	if s.weightOf(1) != 0 {
+		t.Fatalf("the old generation still weighs %d after the canary", s.weightOf(1))
+	}
+	settled := s.now.Add(steerSettle) // its queue was empty from the pause on
+	for range 100 {
+		next, ok := s.m.nextDeadline()
+		if !ok || next.After(settled) {
+			t.Fatalf("the loop next wakes %v after the settle ends (any wake: %v)", next.Sub(settled), ok)
+		}
+		if !next.Before(settled) {
+			return
+		}
+		s.tick(next.Sub(s.now))
+	}
+	t.Fatal("the loop never wakes when the settle ends")
+}
+
 // A signalled worker that still accepts keeps its generation paused until
 // it stops listening (or for unlistenCap), so the others of its
 // generation get new connections only once it can take no more.
