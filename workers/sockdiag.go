@@ -150,8 +150,8 @@ func dumpUnread(req []byte, inodes, out map[uint64]bool) error {
 // UnreadGroups returns which of the process groups pgids (a worker's pid
 // is its group's id) hold an accepted TCP connection whose bytes they have
 // not read yet: every socket any process of the group has open is looked
-// up in one Unread, so the whole set costs one /proc listing and one dump
-// per family, however many groups it has. A group with no live process is
+// up in one Unread, so the whole set costs one /proc listing and one dump,
+// however many groups it has. A group with no live process is
 // not in the result.
 func UnreadGroups(pgids []int) (map[int]bool, error) {
 	want := map[int]bool{}
