@@ -87,7 +87,7 @@ func setSysctl(t *testing.T, path, value string) {
 // TestUvicornSteeredReloads: unmodified uvicorn (--fd 3) resets the
 // connections it accepted and had not read when SIGTERM comes. Steered, 15
 // reloads under load, a new connection per request, end with every
-// request answered.
+// request answered, with net.ipv4.tcp_migrate_req 0 and 1.
 func TestUvicornSteeredReloads(t *testing.T) {
 	const python = "/usr/bin/python3"
 	if out, err := exec.Command(python, "-c", "import uvicorn").CombinedOutput(); err != nil {
@@ -97,18 +97,23 @@ func TestUvicornSteeredReloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--chdir", dir, "--", python, "-m", "uvicorn", "--fd", "3", "--log-level", "warning", "app:app")
-	addr := p.ready()
-	stop := load(t, addr, 8)
-	for i := 1; i <= 15; i++ {
-		p.signal(syscall.SIGHUP)
-		p.waitLogCount("reload succeeded", i, 60*time.Second)
-	}
-	testkit.WaitFor(t, 20*time.Second, "two workers", func() bool { return len(children(p.cmd.Process.Pid)) == 2 })
-	ok, failed := stop()
-	t.Logf("%d requests ok, %d failed during 15 reloads", ok, failed)
-	if ok == 0 || failed > 0 {
-		t.Errorf("%d requests failed (%d ok), want none", failed, ok)
+	for _, migrate := range []string{"0", "1"} {
+		t.Run("tcp_migrate_req "+migrate, func(t *testing.T) {
+			setSysctl(t, migrateReq, migrate)
+			p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--chdir", dir, "--", python, "-m", "uvicorn", "--fd", "3", "--log-level", "warning", "app:app")
+			addr := p.ready()
+			stop := load(t, addr, 8)
+			for i := 1; i <= 15; i++ {
+				p.signal(syscall.SIGHUP)
+				p.waitLogCount("reload succeeded", i, 60*time.Second)
+			}
+			testkit.WaitFor(t, 20*time.Second, "two workers", func() bool { return len(children(p.cmd.Process.Pid)) == 2 })
+			ok, failed := stop()
+			t.Logf("%d requests ok, %d failed during 15 reloads", ok, failed)
+			if ok == 0 || failed > 0 {
+				t.Errorf("%d requests failed (%d ok), want none", failed, ok)
+			}
+		})
 	}
 }
 
