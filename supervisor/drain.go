@@ -29,7 +29,10 @@ import (
 //     meanwhile), or it is gone, or unlistenCap has passed; then the
 //     generation's other workers take their share again.
 //
-// Several stops of one generation share its pause. A stop that no other
+// Several stops of one generation share its pause, up to its first unread
+// check; a stop chosen after that waits for the next pause, so that in a
+// long rolling rollout the generation serves between rounds instead of
+// staying paused while new stops keep joining. A stop that no other
 // generation can stand in for (a recycle or a scale down of the only
 // generation) is signalled at once, as without steering: pausing the only
 // generation would leave new connections nowhere to go.
@@ -64,6 +67,11 @@ type drain struct {
 type pause struct {
 	began   time.Time
 	emptyAt time.Time // its queues were seen empty from then on; zero while not
+	// closed: its drains' first unread check has begun. A stop chosen
+	// after that waits for the generation's next pause, so one pause
+	// lasts one round of checks, however many stops a long rolling
+	// rollout feeds it meanwhile (its other workers serve in between).
+	closed bool
 }
 
 // drainCheck is what an off-loop check found for the drains it was taken
@@ -180,6 +188,9 @@ func (m *master) advanceDrains(now time.Time) {
 		if d.phase != drainWaiting {
 			continue
 		}
+		if p := dr.pauses[d.gen]; p != nil && p.closed {
+			continue // the next pause
+		}
 		if dr.pauses[d.gen] == nil {
 			serving, growing := m.standIns(d.gen)
 			switch {
@@ -227,15 +238,18 @@ func (m *master) advanceDrains(now time.Time) {
 	}
 	if len(settled) > 0 && !dr.unreadBusy && !now.Before(dr.nextUnread) {
 		dr.unreadBusy = true
+		for _, pid := range settled {
+			dr.pauses[dr.drains[pid].gen].closed = true
+		}
 		m.check(true, settled)
 	}
 	if len(signalled) > 0 && !dr.listenBusy && !now.Before(dr.nextListen) {
 		dr.listenBusy, dr.nextListen = true, now.Add(unlistenPoll)
 		m.check(false, signalled)
 	}
-	m.endPauses(now)
+	ended := m.endPauses(now)
 	dr.nextPoll = time.Time{}
-	if len(dr.pauses) > 0 {
+	if len(dr.pauses) > 0 || ended && len(dr.drains) > 0 { // a stop that waited for the pause's end starts its own
 		dr.nextPoll = now.Add(drainPoll)
 	}
 	for _, p := range dr.pauses { // a settle ends on time, not at the next poll
@@ -313,8 +327,9 @@ func (m *master) onDrainCheck(c drainCheck) {
 }
 
 // endPauses ends the pause of every generation with no worker paused or
-// signalled left: its serving workers get their weight back.
-func (m *master) endPauses(now time.Time) {
+// signalled left: its serving workers get their weight back. It reports
+// whether it ended any.
+func (m *master) endPauses(now time.Time) (ended bool) {
 	for gen, p := range m.dr.pauses {
 		busy := false
 		for _, d := range m.dr.drains {
@@ -327,8 +342,10 @@ func (m *master) endPauses(now time.Time) {
 			delete(m.dr.pauses, gen)
 			m.metrics.pauses.Observe(now.Sub(p.began).Seconds())
 			m.log.Debug("steering: generation resumed", zap.Int("generation", gen), zap.Duration("paused", now.Sub(p.began)))
+			ended = true
 		}
 	}
+	return ended
 }
 
 // drainOf is where pid is in its drain, for status (WorkerInfo.Drain).

@@ -433,6 +433,63 @@ func TestSimSteerPauseUntilUnlisten(t *testing.T) {
 	}
 }
 
+// A stop chosen once its generation's pause has begun its unread check
+// waits for the next pause: in a long rolling rollout a pause lasts one
+// round of checks, and the generation's other workers serve between
+// rounds, instead of staying paused while new stops keep joining.
+func TestSimSteerLateStopWaitsForNextPause(t *testing.T) {
+	s := newSteerSim(t, func(c *Config) { c.Workers, c.MaxSurge = 4, "2" })
+	s.readyAll()
+	for _, pid := range s.pids(wReady, 1) {
+		s.listening[pid] = true
+	}
+	s.call(Request{Command: "reload"})
+	s.readyAll() // the canary, then a second: the pool is full (4 + 2)
+	s.tick(steerSettle + drainPoll)
+	s.pump()
+	var signalled []int
+	for _, pid := range s.pids(wStopping, 1) {
+		if s.procs[pid].signalled() {
+			signalled = append(signalled, pid)
+		}
+	}
+	if len(signalled) != 2 {
+		t.Fatalf("%d old workers signalled after the first round, want 2: %s", len(signalled), s.describe())
+	}
+	// One exits; the other still listens, so the pause goes on, and the
+	// replacement started in the freed slot becomes ready meanwhile.
+	s.listening[signalled[0]] = false
+	s.exit(signalled[0], 0)
+	s.readyAll()
+	var late int
+	for _, pid := range s.pids(wStopping, 1) {
+		if !s.procs[pid].signalled() {
+			late = pid
+		}
+	}
+	if late == 0 {
+		t.Fatalf("no third old worker chosen to stop: %s", s.describe())
+	}
+	s.tick(100 * time.Millisecond)
+	s.pump()
+	if got := s.m.drainOf(late); got != "serving" || s.procs[late].signalled() || s.weightOf(1) != 0 {
+		t.Fatalf("a stop chosen during a closed pause: phase %q, signalled %v, generation 1 weighs %d; want serving, not signalled, 0",
+			got, s.procs[late].signalled(), s.weightOf(1))
+	}
+	s.listening[signalled[1]] = false
+	s.tick(unlistenPoll)
+	s.pump()
+	if next, ok := s.m.nextDeadline(); !ok || next.After(s.now.Add(drainPoll)) {
+		t.Fatalf("the pause ended with a stop waiting, and the loop next wakes at %v (%v)", next.Sub(s.now), ok)
+	}
+	s.tick(drainPoll) // its own pause begins
+	s.tick(steerSettle)
+	s.pump()
+	if !s.procs[late].signalled() {
+		t.Fatalf("the late stop was not signalled in the next pause: phase %q: %s", s.m.drainOf(late), s.describe())
+	}
+}
+
 // A recycle in the only generation has nobody to stand in for its
 // worker's generation: it is signalled at once, as without steering, once
 // its replacement is ready.

@@ -9,7 +9,8 @@
 //   - start: from the exec of a master of N example-app workers to its
 //     `ready` log line (every worker ready);
 //   - reload: from SIGHUP to `reload succeeded` (every worker replaced by a
-//     ready new one, the old ones stopped), at -max-surge (the default's 25%);
+//     ready new one, the old ones stopped), at -max-surge (the default's 25%)
+//     and -steer (the default's auto);
 //
 // each -runs times, interleaved, and prints the medians and the ratios
 // start/floor and reload/floor. It also prints the master's RSS once ready
@@ -56,6 +57,7 @@ func main() {
 	idle := flag.Duration("idle", 0, "idle period for the CPU figure (0: none)")
 	memory := flag.Int("memory", 0, "instead: reloads for the memory figure, with 2 workers")
 	surge := flag.String("max-surge", "25%", "the masters' --max-surge")
+	steer := flag.String("steer", "auto", "the masters' --steer")
 	flag.Parse()
 	abs, err := filepath.Abs(*bin)
 	if err == nil {
@@ -81,7 +83,7 @@ func main() {
 			err = fmt.Errorf("-workers %q: want positive counts", *counts)
 		}
 		if err == nil {
-			err = measure(abs, n, *runs, *idle, *surge)
+			err = measure(abs, n, *runs, *idle, "--max-surge", *surge, "--steer", *steer)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "startup:", err)
@@ -91,7 +93,8 @@ func main() {
 }
 
 // measure prints one line of figures for n workers.
-func measure(bin string, n, runs int, idle time.Duration, surge string) error {
+// args are the master's flags besides --workers.
+func measure(bin string, n, runs int, idle time.Duration, args ...string) error {
 	var ones, floors, starts, reloads []time.Duration
 	var rssReady, rssQuiet int
 	for i := range runs {
@@ -104,7 +107,7 @@ func measure(bin string, n, runs int, idle time.Duration, surge string) error {
 			return err
 		}
 		ones = append(ones, f)
-		m, err := startMaster(bin, "--workers", strconv.Itoa(n), "--max-surge", surge)
+		m, err := startMaster(bin, append([]string{"--workers", strconv.Itoa(n)}, args...)...)
 		if err != nil {
 			return err
 		}
