@@ -191,6 +191,16 @@ func (p *proc) signal(sig syscall.Signal) {
 	}
 }
 
+// reloads sends the master n SIGHUPs, each once the reload before it has
+// succeeded (within each): its first n reloads.
+func (p *proc) reloads(n int, each time.Duration) {
+	p.t.Helper()
+	for i := 1; i <= n; i++ {
+		p.signal(syscall.SIGHUP)
+		p.waitLogCount("reload succeeded", i, each)
+	}
+}
+
 // children lists the pids whose parent is pid.
 func children(pid int) []int {
 	var kids []int

@@ -39,10 +39,7 @@ func TestHUPReloadsUnderLoad(t *testing.T) {
 	addr := p.ready()
 	first := children(p.cmd.Process.Pid)
 	stop := load(t, addr, 4)
-	for i := 1; i <= 10; i++ {
-		p.signal(syscall.SIGHUP)
-		p.waitLogCount("reload succeeded", i, 30*time.Second)
-	}
+	p.reloads(10, 30*time.Second)
 	ok, failed := stop()
 	t.Logf("%d requests ok, %d failed during 10 reloads", ok, failed)
 	if failed > 0 || ok == 0 {
@@ -183,10 +180,7 @@ func TestRolloutBoundsSampledByStatus(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for i := 1; i <= 3; i++ {
-			p.signal(syscall.SIGHUP)
-			p.waitLogCount("reload succeeded", i, 30*time.Second)
-		}
+		p.reloads(3, 30*time.Second)
 	}()
 	samples, busy := 0, 0
 	for {

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -42,10 +41,7 @@ func TestSteeringSavesPlainShutdown(t *testing.T) {
 			p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--steer", steer, "--", self(t), "example-app", "--plain-shutdown")
 			addr := p.ready()
 			stop := load(t, addr, 16)
-			for i := 1; i <= 5; i++ {
-				p.signal(syscall.SIGHUP)
-				p.waitLogCount("reload succeeded", i, 30*time.Second)
-			}
+			p.reloads(5, 30*time.Second)
 			// The last old workers stop after the rollout: let them.
 			testkit.WaitFor(t, 10*time.Second, "two workers", func() bool { return len(children(p.cmd.Process.Pid)) == 2 })
 			ok, failed := stop()
@@ -103,10 +99,7 @@ func TestUvicornSteeredReloads(t *testing.T) {
 			p := start(t, "--bind", "127.0.0.1:0", "--workers", "2", "--chdir", dir, "--", python, "-m", "uvicorn", "--fd", "3", "--log-level", "warning", "app:app")
 			addr := p.ready()
 			stop := load(t, addr, 8)
-			for i := 1; i <= 15; i++ {
-				p.signal(syscall.SIGHUP)
-				p.waitLogCount("reload succeeded", i, 60*time.Second)
-			}
+			p.reloads(15, 60*time.Second)
 			testkit.WaitFor(t, 20*time.Second, "two workers", func() bool { return len(children(p.cmd.Process.Pid)) == 2 })
 			ok, failed := stop()
 			t.Logf("%d requests ok, %d failed during 15 reloads", ok, failed)
@@ -148,10 +141,7 @@ func TestUnixBindStaysShared(t *testing.T) {
 		}
 		return body, nil
 	}, nil)
-	for i := 1; i <= 5; i++ {
-		p.signal(syscall.SIGHUP)
-		p.waitLogCount("reload succeeded", i, 30*time.Second)
-	}
+	p.reloads(5, 30*time.Second)
 	ok, failed := stop()
 	t.Logf("%d requests ok, %d failed during 5 reloads", ok, failed)
 	if ok == 0 || failed > 0 {
@@ -180,10 +170,7 @@ func TestSteerCapacitySampled(t *testing.T) {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				for i := 1; i <= 3; i++ {
-					p.signal(syscall.SIGHUP)
-					p.waitLogCount("reload succeeded", i, 30*time.Second)
-				}
+				p.reloads(3, 30*time.Second)
 				// The last old workers drain after the rollout: wait for them.
 				testkit.WaitFor(t, 10*time.Second, "four workers", func() bool { return len(children(p.cmd.Process.Pid)) == 4 })
 			}()
