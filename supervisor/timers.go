@@ -27,21 +27,22 @@ import (
 //     being recycled.
 
 // nextDeadline is the earliest time the loop must wake without an event.
+// It runs every turn, so it allocates nothing.
 func (m *master) nextDeadline() (time.Time, bool) {
-	ts := []time.Time{m.drainUntil, m.nextSample, m.nextScan, m.nextTrim, m.dr.nextPoll}
+	e, _ := earliest(m.drainUntil, m.nextSample, m.nextScan, m.nextTrim, m.dr.nextPoll)
 	if p := m.probe; p != nil && !p.busy && p.fd < 0 {
-		ts = append(ts, p.nextAt)
+		e, _ = earliest(e, p.nextAt)
 	}
 	for _, at := range m.restarts {
-		ts = append(ts, at)
+		e, _ = earliest(e, at)
 	}
 	for _, w := range m.workers {
-		ts = append(ts, w.readyBy, w.delayedReadyAt, w.heartbeatBy, w.killAt, w.reniceAt)
+		e, _ = earliest(e, w.readyBy, w.delayedReadyAt, w.heartbeatBy, w.killAt, w.reniceAt)
 		if w.state == wReady && w.recycleReason == "" {
-			ts = append(ts, w.retireAt)
+			e, _ = earliest(e, w.retireAt)
 		}
 	}
-	return earliest(ts...)
+	return e, !e.IsZero()
 }
 
 // earliest returns the earliest non-zero time, and false when all are zero.
