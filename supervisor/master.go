@@ -303,7 +303,7 @@ func (m *master) step() {
 	cfg := m.configs[m.target]
 	taking := m.upgrade != nil && !m.upgrade.committed // a new master before its commit
 	p := pool{target: m.target, want: cfg.Workers, surge: cfg.Surge,
-		canary: taking || (m.rollout != nil && !m.rollout.rollback), scheduled: map[int]bool{}, workers: m.remoteViews()}
+		canary: taking || (m.rollout != nil && !m.rollout.rollback), scheduled: map[int]bool{}, workers: m.remoteViews(len(m.workers))}
 	for s := range m.restarts {
 		p.scheduled[s] = true
 	}

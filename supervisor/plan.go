@@ -54,8 +54,9 @@ func planPool(p pool) plan {
 	var out plan
 	procs := len(p.workers)
 	readyT, liveT := 0, 0
-	held := map[int]bool{}      // slots with a live target worker
-	readyHeld := map[int]bool{} // slots with a ready target worker
+	held := make([]bool, p.want)      // slots with a live target worker (a target worker's slot is below want)
+	readyHeld := make([]bool, p.want) // slots with a ready target worker
+	covered := func(slot int) bool { return slot < p.want && readyHeld[slot] }
 	var oldReady []wview
 	for _, w := range p.workers {
 		switch {
@@ -78,8 +79,13 @@ func planPool(p pool) plan {
 		}
 	}
 	if !p.canary || readyT > 0 {
+		// Sorted only when some stop: most turns of a big rollout stop
+		// none, and the sort was most of a turn.
+		if readyT+len(oldReady)-1 < p.want {
+			oldReady = nil
+		}
 		slices.SortFunc(oldReady, func(a, b wview) int {
-			ca, cb := readyHeld[a.slot], readyHeld[b.slot]
+			ca, cb := covered(a.slot), covered(b.slot)
 			if ca != cb {
 				if ca {
 					return -1
@@ -110,6 +116,9 @@ func planPool(p pool) plan {
 			oldReady = oldReady[1:]
 			live--
 		}
+	}
+	if procs >= p.want+p.surge || (p.canary && readyT == 0 && liveT > 0) {
+		return out // nothing may start: no need to rank the free slots
 	}
 	occupied := map[int]time.Time{} // slot -> birth of its oldest old worker
 	for _, w := range p.workers {

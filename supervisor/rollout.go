@@ -232,7 +232,7 @@ func (m *master) release() {
 	for _, w := range m.workers {
 		live[w.gen] = true
 	}
-	for _, v := range m.remoteViews() {
+	for _, v := range m.remoteViews(0) {
 		live[v.gen] = true
 	}
 	for gen := range m.configs {

@@ -96,13 +96,14 @@ func (m *master) onNewLinkClosed() {
 	}
 }
 
-// remoteViews are the old master's workers, for the pool plan.
-func (m *master) remoteViews() []wview {
+// remoteViews are the old master's workers, for the pool plan, in a
+// slice with room for that many more.
+func (m *master) remoteViews(room int) []wview {
 	u := m.upgrade
 	if u == nil || u.old {
-		return nil
+		return make([]wview, 0, room)
 	}
-	vs := make([]wview, 0, len(u.remote))
+	vs := make([]wview, 0, len(u.remote)+room)
 	for _, v := range u.remote {
 		vs = append(vs, v)
 	}
