@@ -93,6 +93,7 @@ type drainState struct {
 	listenBusy bool // a listen check is under way
 	nextUnread time.Time
 	nextListen time.Time
+	listenFrom time.Time // when the listen check under way began
 	nextPoll   time.Time // while a generation is paused: its queues' next reading
 	noUnread   bool      // the unread check failed once (said once): the settle alone decides
 }
@@ -183,6 +184,13 @@ func (m *master) advanceDrains(now time.Time) {
 		pids = append(pids, pid)
 	}
 	slices.Sort(pids) // the same order every time, for the simulator
+	// standIns by generation, read once a turn and again only after a
+	// pause begins: a big rolling rollout has hundreds of stops waiting.
+	type standIn struct {
+		serving int
+		growing bool
+	}
+	stand := map[int]standIn{}
 	for _, pid := range pids {
 		d := dr.drains[pid]
 		if d.phase != drainWaiting {
@@ -192,15 +200,22 @@ func (m *master) advanceDrains(now time.Time) {
 			continue // the next pause
 		}
 		if dr.pauses[d.gen] == nil {
-			serving, growing := m.standIns(d.gen)
+			s, ok := stand[d.gen]
+			if !ok {
+				s.serving, s.growing = m.standIns(d.gen)
+				stand[d.gen] = s
+			}
+			serving, growing := s.serving, s.growing
 			switch {
 			case serving >= m.configs[m.target].Workers || (serving > 0 && !growing):
 				dr.pauses[d.gen] = &pause{began: now}
+				clear(stand) // the paused generation stands in for no other now
 				m.log.Debug("steering: generation paused", zap.Int("generation", d.gen), zap.Int("others_serving", serving))
 			case serving == 0 && !growing:
 				// Nobody to stand in: stop it as if not steered.
 				m.signalDrain(d)
 				delete(dr.drains, pid)
+				clear(stand) // its generation weighs one less
 				continue
 			default:
 				continue // wait for the starting workers
@@ -244,7 +259,7 @@ func (m *master) advanceDrains(now time.Time) {
 		m.check(true, settled)
 	}
 	if len(signalled) > 0 && !dr.listenBusy && !now.Before(dr.nextListen) {
-		dr.listenBusy, dr.nextListen = true, now.Add(unlistenPoll)
+		dr.listenBusy, dr.listenFrom, dr.nextListen = true, now, now.Add(unlistenPoll)
 		m.check(false, signalled)
 	}
 	ended := m.endPauses(now)
@@ -296,6 +311,12 @@ func (m *master) onDrainCheck(c drainCheck) {
 	now := m.env.now()
 	if !c.unread {
 		dr.listenBusy = false
+		// The next check waits at least as long as this one took: on a
+		// busy machine, with many workers signalled, back-to-back scans
+		// of /proc would take a core from the workers that serve.
+		if next := now.Add(now.Sub(dr.listenFrom)); next.After(dr.nextListen) {
+			dr.nextListen = next
+		}
 		for _, pid := range c.pids {
 			if d := dr.drains[pid]; d != nil && d.phase == drainSignalled && !c.found[pid] {
 				delete(dr.drains, pid)

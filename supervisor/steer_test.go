@@ -599,3 +599,24 @@ func TestParseProbe(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkTurnBigRollout is one turn of the loop in the middle of a
+// steered rolling rollout of 256 workers (max_surge 64): 33 new workers
+// are ready, 31 still starting, and the 33 old workers they replace wait
+// for the batch to stand in for them. A reload of 256 workers takes
+// about a thousand such turns.
+func BenchmarkTurnBigRollout(b *testing.B) {
+	s := newSteerSim(b, func(c *Config) { c.Workers = 256 })
+	s.readyAll()
+	s.call(Request{Command: "reload"})
+	s.ready(s.pids(wStarting, 2)[0]) // the canary: the batch starts
+	for _, pid := range s.pids(wStarting, 2)[:32] {
+		s.ready(pid)
+	}
+	if n := len(s.m.dr.drains); n != 33 || len(s.pids(wStarting, 2)) != 31 {
+		b.Fatalf("%d drains, %d starting; want 33 and 31: %s", n, len(s.pids(wStarting, 2)), s.describe())
+	}
+	for b.Loop() {
+		s.m.advance()
+	}
+}
