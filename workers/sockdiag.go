@@ -29,10 +29,15 @@ import (
 // refuses the old request gets the two. Call it once for every worker
 // being drained, not once per worker (BenchmarkUnread).
 func Unread(inodes map[uint64]bool) (map[uint64]bool, error) {
-	out := map[uint64]bool{}
 	if len(inodes) == 0 {
-		return out, nil
+		return map[uint64]bool{}, nil
 	}
+	return unreadOf(inodes)
+}
+
+// unreadOf is Unread of inodes, or of every socket when inodes is nil.
+func unreadOf(inodes map[uint64]bool) (map[uint64]bool, error) {
+	out := map[uint64]bool{}
 	err := dumpUnread(bothFamiliesReq(), inodes, out)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) {
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
@@ -89,7 +94,7 @@ func dumpHeader(typ uint16, n int) []byte {
 }
 
 // dumpUnread sends the dump request req and adds to out the inodes of the
-// sockets it returns that are in inodes and hold unread bytes.
+// sockets it returns that are in inodes (nil: any) and hold unread bytes.
 func dumpUnread(req []byte, inodes, out map[uint64]bool) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
@@ -139,7 +144,7 @@ func dumpUnread(req []byte, inodes, out map[uint64]bool) error {
 				// idiag_rqueue at 56, idiag_inode at 68 (after the 4
 				// byte header, the 48 byte sockid and idiag_expires).
 				rqueue, inode := ne.Uint32(m.Data[56:]), ne.Uint32(m.Data[68:])
-				if rqueue > 0 && inodes[uint64(inode)] {
+				if rqueue > 0 && (inodes == nil || inodes[uint64(inode)]) {
 					out[uint64(inode)] = true
 				}
 			}
@@ -149,11 +154,20 @@ func dumpUnread(req []byte, inodes, out map[uint64]bool) error {
 
 // UnreadGroups returns which of the process groups pgids (a worker's pid
 // is its group's id) hold an accepted TCP connection whose bytes they have
-// not read yet: every socket any process of the group has open is looked
-// up in one Unread, so the whole set costs one /proc listing and one dump,
-// however many groups it has. A group with no live process is
-// not in the result.
+// not read yet. The whole set costs one dump and at most one /proc
+// listing, however many groups it has: the dump comes first, and only
+// when some served socket of the host holds unread bytes are the groups'
+// fds read to see whose it is (a drain mostly finds none, and reading the
+// fds of 64 groups costs more than the dump). A socket a group accepts
+// after the dump is not seen, as it would not be by a dump after the
+// listing: the caller's pause keeps new connections away. A group with no
+// live process is not in the result.
 func UnreadGroups(pgids []int) (map[int]bool, error) {
+	out := map[int]bool{}
+	unread, err := unreadOf(nil)
+	if err != nil || len(unread) == 0 {
+		return out, err
+	}
 	want := map[int]bool{}
 	for _, pg := range pgids {
 		want[pg] = true
@@ -162,9 +176,11 @@ func UnreadGroups(pgids []int) (map[int]bool, error) {
 	if err != nil {
 		return nil, procErr(err)
 	}
-	owner := map[uint64]int{} // socket inode -> group
 	buf := make([]byte, 8192)
 	for _, m := range ms {
+		if out[m.pgid] {
+			continue
+		}
 		dir := "/proc/" + strconv.Itoa(m.proc.PID) + "/fd"
 		names, err := readDirNames(dir, buf)
 		if err != nil {
@@ -179,22 +195,11 @@ func UnreadGroups(pgids []int) (map[int]bool, error) {
 			if err != nil {
 				continue // closed since the listing
 			}
-			if ino, ok := parseSocketLink(link[:n]); ok {
-				owner[ino] = m.pgid
+			if ino, ok := parseSocketLink(link[:n]); ok && unread[ino] {
+				out[m.pgid] = true
+				break
 			}
 		}
-	}
-	inodes := make(map[uint64]bool, len(owner))
-	for ino := range owner {
-		inodes[ino] = true
-	}
-	unread, err := Unread(inodes)
-	if err != nil {
-		return nil, err
-	}
-	out := map[int]bool{}
-	for ino := range unread {
-		out[owner[ino]] = true
 	}
 	return out, nil
 }
