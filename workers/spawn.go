@@ -3,7 +3,6 @@ package workers
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,7 +22,7 @@ type Spec struct {
 	Path       string              // the resolved executable
 	Args       []string            // argv; Args[0] is the name the app sees
 	Shim       []string            // argv prefix that runs RunShim, e.g. [supervisor, ShimArg] or EmbeddedShim's; nil: exec Path directly (no LISTEN_PID)
-	Nice       int                 // > 0: the worker starts this much nicer than the master (Renice resets it); 0: as the master
+	Nice       int                 // > 0: the worker starts this much nicer than the master (Renice resets it), which needs the right to raise priority (root or RLIMIT_NICE): the forking thread forks every worker and is set back after each; 0: as the master
 	Dir        string              // working directory; "" = the master's
 	Env        []string            // the whole environment (see Env)
 	Sockets    []int               // raw listening fds; they become 3, 4, ... in order
@@ -108,12 +107,11 @@ func Renice(p *Process, nice int) error {
 // Start forks the worker described by spec and returns once it has exec'd
 // (or failed to). Its Exit later arrives on spec.Exited.
 //
-// The fork happens on a goroutine locked to its OS thread for the child's
-// whole life: the kernel sends the parent-death signal (SIGKILL) when the
-// forking *thread* exits, not the process (golang/go#27505). Go keeps a
-// locked thread alive until its goroutine returns, which here is after the
-// child was reaped; so the signal fires only when the master itself dies.
-// The parent-death signal is set after the credential change (Go's fork
+// The fork happens on the forking thread (forker.go), which lives while
+// any child it forked is unreaped: the kernel sends the parent-death signal
+// (SIGKILL) when the forking *thread* exits, not the process
+// (golang/go#27505), so it fires only when the master itself dies. The
+// parent-death signal is set after the credential change (Go's fork
 // order), since the kernel clears it on a uid/gid change.
 //
 // A Shim[0] of the form /proc/self/fd/N (EmbeddedShim's) names this
@@ -146,26 +144,24 @@ func Start(spec Spec) (*Process, error) {
 		at  time.Time
 		err error
 	}
-	res := make(chan started, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Never unlocked: returning ends this thread, after the child is gone.
+	var r started
+	var exited <-chan syscall.WaitStatus
+	forker.do(func() bool {
 		devnull, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 		if err != nil {
-			res <- started{err: fmt.Errorf("open /dev/null: %w", err)}
-			return
+			r.err = fmt.Errorf("open /dev/null: %w", err)
+			return false
 		}
 		restore := func() {}
 		if spec.Nice > 0 {
 			// This thread forks the child, which inherits its nice value;
-			// it is locked to this goroutine, so no other work of the
-			// master runs at that priority, and it is set back after the
-			// fork (best effort: it only waits for the child from then on).
+			// it runs nothing but forks, so no other work of the master
+			// runs at that priority, and it is set back after the fork.
 			was, err := niceThread(spec.Nice)
 			if err != nil {
 				syscall.Close(devnull)
-				res <- started{err: err}
-				return
+				r.err = err
+				return false
 			}
 			restore = func() { _ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), was) }
 		}
@@ -186,21 +182,21 @@ func Start(spec Spec) (*Process, error) {
 				Credential: spec.Credential,
 			},
 		}
-		pid, exited, err := spec.Forker.Fork(func() (int, error) {
+		r.pid, exited, r.err = spec.Forker.Fork(func() (int, error) {
 			return syscall.ForkExec(argv0, argv, attr)
 		})
+		r.at = time.Now()
 		restore()
 		syscall.Close(devnull)
-		res <- started{pid: pid, at: time.Now(), err: err}
-		if err != nil {
-			return
-		}
-		ws := <-exited
-		spec.Exited <- Exit{Pid: pid, Status: ws, At: time.Now()}
-	}()
-	r := <-res
+		return r.err == nil
+	})
 	if r.err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Path, r.err)
 	}
+	go func() {
+		ws := <-exited
+		forker.release() // reaped: the forking thread may end now
+		spec.Exited <- Exit{Pid: r.pid, Status: ws, At: time.Now()}
+	}()
 	return &Process{Pid: r.pid, Started: r.at}, nil
 }

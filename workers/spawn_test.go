@@ -240,6 +240,57 @@ func TestWorkersSurviveThreadExits(t *testing.T) {
 	}
 }
 
+// Every worker is forked from one thread, which ends once the last of them
+// is reaped: a pool of 32 costs the master one thread, not 32.
+func TestForkingThreadIsShared(t *testing.T) {
+	r := signals.NewReaper(false)
+	defer r.Close()
+	before := threadCount(t)
+	exited := make(chan Exit, 32)
+	var procs []*Process
+	for range 32 {
+		p, err := Start(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Stdout: 1, Stderr: 2, Forker: r, Exited: exited})
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, p)
+	}
+	if grew := threadCount(t) - before; grew >= 16 {
+		t.Errorf("32 workers started: this process has %d threads more, want a few (one forking thread)", grew)
+	}
+	for _, p := range procs {
+		_ = p.Signal(syscall.SIGKILL)
+	}
+	for range procs {
+		waitExit(t, exited)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the forking thread to end with its last child", func() bool {
+		forker.mu.Lock()
+		defer forker.mu.Unlock()
+		return forker.jobs == nil && forker.held == 0
+	})
+}
+
+// threadCount is this process's number of threads (/proc/self/status).
+func threadCount(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no Threads: line in /proc/self/status")
+	return 0
+}
+
 func TestEnv(t *testing.T) {
 	base := []string{"PATH=/bin", "LISTEN_FDS=9", "LISTEN_PID=1", "LISTEN_FDNAMES=x", "NOTIFY_SOCKET=/run/systemd/notify",
 		"WATCHDOG_USEC=1", "WATCHDOG_PID=1", "TABLEFLIP_HAS_PARENT_7DIU3=yes", "FDSTORE=8", "KEEP=1", "OVERRIDE=old"}
