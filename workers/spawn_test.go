@@ -205,20 +205,13 @@ func TestSignalReachesTheGroup(t *testing.T) {
 
 // The parent-death signal is tied to the thread that forked the worker. Go
 // ends a thread when a goroutine locked to it returns; churn through many
-// such threads and the workers must survive (golang/go#27505): Start keeps
-// its forking thread for the child's whole life.
+// such threads and the workers must survive (golang/go#27505): Start forks
+// from a thread that lives while any child it forked does.
 func TestWorkersSurviveThreadExits(t *testing.T) {
 	r := signals.NewReaper(false)
 	defer r.Close()
 	exited := make(chan Exit, 8)
-	var procs []*Process
-	for range 8 {
-		p, err := Start(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Stdout: 1, Stderr: 2, Forker: r, Exited: exited})
-		if err != nil {
-			t.Fatal(err)
-		}
-		procs = append(procs, p)
-	}
+	procs := startSleepers(t, r, 8, exited)
 	done := make(chan struct{})
 	for range 200 {
 		go func() {
@@ -232,12 +225,7 @@ func TestWorkersSurviveThreadExits(t *testing.T) {
 		t.Fatalf("worker %d died when threads exited: %s", ex.Pid, Describe(ex.Status))
 	case <-time.After(200 * time.Millisecond):
 	}
-	for _, p := range procs {
-		_ = p.Signal(syscall.SIGKILL)
-	}
-	for range procs {
-		waitExit(t, exited)
-	}
+	killAll(t, procs, exited)
 }
 
 // Every worker is forked from one thread, which ends once the last of them
@@ -247,28 +235,41 @@ func TestForkingThreadIsShared(t *testing.T) {
 	defer r.Close()
 	before := threadCount(t)
 	exited := make(chan Exit, 32)
+	procs := startSleepers(t, r, 32, exited)
+	if grew := threadCount(t) - before; grew >= 16 {
+		t.Errorf("32 workers started: this process has %d threads more, want a few (one forking thread)", grew)
+	}
+	killAll(t, procs, exited)
+	testkit.WaitFor(t, 5*time.Second, "the forking thread to end with its last child", func() bool {
+		forker.mu.Lock()
+		defer forker.mu.Unlock()
+		return forker.jobs == nil && forker.held == 0
+	})
+}
+
+// startSleepers starts n workers of /bin/sleep 60, their exits on exited.
+func startSleepers(t *testing.T, r *signals.Reaper, n int, exited chan Exit) []*Process {
+	t.Helper()
 	var procs []*Process
-	for range 32 {
+	for range n {
 		p, err := Start(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Stdout: 1, Stderr: 2, Forker: r, Exited: exited})
 		if err != nil {
 			t.Fatal(err)
 		}
 		procs = append(procs, p)
 	}
-	if grew := threadCount(t) - before; grew >= 16 {
-		t.Errorf("32 workers started: this process has %d threads more, want a few (one forking thread)", grew)
-	}
+	return procs
+}
+
+// killAll SIGKILLs procs and waits for their exits.
+func killAll(t *testing.T, procs []*Process, exited <-chan Exit) {
+	t.Helper()
 	for _, p := range procs {
 		_ = p.Signal(syscall.SIGKILL)
 	}
 	for range procs {
 		waitExit(t, exited)
 	}
-	testkit.WaitFor(t, 5*time.Second, "the forking thread to end with its last child", func() bool {
-		forker.mu.Lock()
-		defer forker.mu.Unlock()
-		return forker.jobs == nil && forker.held == 0
-	})
 }
 
 // threadCount is this process's number of threads (/proc/self/status).
