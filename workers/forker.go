@@ -11,10 +11,10 @@ import (
 // to it returns. So every fork runs on one goroutine locked to its thread,
 // and that goroutine returns only once no child it forked is left
 // unreaped: the signal then fires only when the master itself dies. One
-// thread for the whole pool, where a locked thread per worker would cost a
-// thread creation a start, a handoff between threads at every exit, and
-// one of the uid's RLIMIT_NPROC per worker (265 threads in a master of 256
-// workers, against 10).
+// thread serves the whole pool; a locked thread per worker would cost a
+// thread created at every start, a handoff between threads at every exit,
+// and one of the uid's RLIMIT_NPROC per worker (265 threads in a master of
+// 256 workers, against 10).
 type forkThread struct {
 	mu   sync.Mutex
 	jobs chan func() // nil while no thread runs; guarded by mu
