@@ -205,13 +205,12 @@ func (m *master) advanceDrains(now time.Time) {
 				s.serving, s.growing = m.standIns(d.gen)
 				stand[d.gen] = s
 			}
-			serving, growing := s.serving, s.growing
-			switch {
-			case serving >= m.configs[m.target].Workers || (serving > 0 && !growing):
+			switch serving := s.serving; {
+			case serving >= m.configs[m.target].Workers || (serving > 0 && !s.growing):
 				dr.pauses[d.gen] = &pause{began: now}
 				clear(stand) // the paused generation stands in for no other now
 				m.log.Debug("steering: generation paused", zap.Int("generation", d.gen), zap.Int("others_serving", serving))
-			case serving == 0 && !growing:
+			case serving == 0 && !s.growing:
 				// Nobody to stand in: stop it as if not steered.
 				m.signalDrain(d)
 				delete(dr.drains, pid)

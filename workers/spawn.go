@@ -139,17 +139,16 @@ func Start(spec Spec) (*Process, error) {
 			argv[0] = argv0
 		}
 	}
-	type started struct {
-		pid int
-		at  time.Time
-		err error
-	}
-	var r started
-	var exited <-chan syscall.WaitStatus
+	var (
+		pid      int
+		at       time.Time
+		exited   <-chan syscall.WaitStatus
+		startErr error
+	)
 	forker.do(func() bool {
 		devnull, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 		if err != nil {
-			r.err = fmt.Errorf("open /dev/null: %w", err)
+			startErr = fmt.Errorf("open /dev/null: %w", err)
 			return false
 		}
 		restore := func() {}
@@ -160,7 +159,7 @@ func Start(spec Spec) (*Process, error) {
 			was, err := niceThread(spec.Nice)
 			if err != nil {
 				syscall.Close(devnull)
-				r.err = err
+				startErr = err
 				return false
 			}
 			restore = func() { _ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), was) }
@@ -182,21 +181,21 @@ func Start(spec Spec) (*Process, error) {
 				Credential: spec.Credential,
 			},
 		}
-		r.pid, exited, r.err = spec.Forker.Fork(func() (int, error) {
+		pid, exited, startErr = spec.Forker.Fork(func() (int, error) {
 			return syscall.ForkExec(argv0, argv, attr)
 		})
-		r.at = time.Now()
+		at = time.Now()
 		restore()
 		syscall.Close(devnull)
-		return r.err == nil
+		return startErr == nil
 	})
-	if r.err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Path, r.err)
+	if startErr != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Path, startErr)
 	}
 	go func() {
 		ws := <-exited
 		forker.release() // reaped: the forking thread may end now
-		spec.Exited <- Exit{Pid: r.pid, Status: ws, At: time.Now()}
+		spec.Exited <- Exit{Pid: pid, Status: ws, At: time.Now()}
 	}()
-	return &Process{Pid: r.pid, Started: r.at}, nil
+	return &Process{Pid: pid, Started: at}, nil
 }
